@@ -1,0 +1,172 @@
+"""Regular training that samples the DLDR trajectory.
+
+Writes <save-dir>/0.pt (the initialisation) before the first step and <save-dir>/k.pt after
+epoch k: the snapshots from which train_psgd.py / train_pbfgs.py extract the subspace.
+
+    python -u train_sgd.py --datasets CIFAR10 --lr 0.1 --arch=resnet20 --epochs=150 \
+        --save-dir=save_resnet20 |& tee -a log_resnet20
+"""
+import glob
+import os
+import re
+import time
+
+import torch
+
+import utils
+
+# Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
+# 75% of --epochs.
+MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,)}
+
+# Flags that define a trajectory: resuming with other values would mix two runs.
+TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
+                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last')
+
+
+def parse_args(argv=None):
+    p = utils.make_parser(
+        'Regular training (SGD or Adam) that saves a snapshot of the model after every epoch: '
+        'the trajectory sampled by DLDR.', epochs=200, lr=0.1, lr_help='initial learning rate')
+    return utils.finish_args(p.parse_args(argv))
+
+
+def milestones(args):
+    return MILESTONES.get(args.datasets, (args.epochs // 2, args.epochs * 3 // 4))
+
+
+def make_optimizer(args, model):
+    if args.optimizer == 'adam':
+        return torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=args.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay)
+
+
+def run_files(save_dir):
+    """What an earlier run left in ``save_dir`` that a fresh start would replace."""
+    snaps = [p for p in glob.glob(os.path.join(save_dir, '*.pt'))
+             if re.fullmatch(r'\d+\.pt', os.path.basename(p))]
+    extra = [os.path.join(save_dir, n) for n in ('metrics_sgd.json', 'checkpoint.pt', 'label_noise.json')]
+    numbered = glob.glob(os.path.join(save_dir, 'checkpoint_*.pt'))
+    return snaps + numbered + [p for p in extra if os.path.exists(p)]
+
+
+def resume_path(args):
+    if args.resume == 'auto':
+        return os.path.join(args.save_dir, 'checkpoint.pt')
+    return args.resume
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = utils.pick_device(args.device)
+    utils.seed_everything(args.randomseed, args.deterministic)
+    utils.prepare_save_dir(args.save_dir)
+    metrics_path = os.path.join(args.save_dir, 'metrics_sgd.json')
+    ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
+
+    checkpoint = None
+    if args.resume:
+        checkpoint = utils.load_file(resume_path(args), 'checkpoint')
+        changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)]
+        if changed:
+            k = changed[0]
+            raise utils.UserError(f'cannot resume {resume_path(args)}: it was run with --{k} '
+                                  f'{checkpoint["args"].get(k)!r}, not {getattr(args, k)!r}')
+    elif not args.evaluate:
+        earlier = run_files(args.save_dir)
+        if earlier and not args.overwrite:
+            raise utils.UserError(f'{args.save_dir} already holds a trajectory ({len(earlier)} files, '
+                                  f'e.g. {os.path.basename(earlier[0])}); pass --resume auto to '
+                                  f'continue it, --overwrite to replace it, or another --save-dir')
+        for path in earlier:
+            os.remove(path)
+        if earlier:
+            print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
+
+    data = utils.load_data(args)
+    model = utils.build_model(args, data, device)
+    optimizer = make_optimizer(args, model)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args), gamma=0.1)
+    scaler = utils.grad_scaler(args, device)
+    generator = torch.Generator().manual_seed(args.randomseed)
+    train_loader, test_loader = utils.make_loaders(data, args, device, generator)
+    record = utils.RunRecord(metrics_path, args, method='sgd',
+                             n_parameters=sum(p.numel() for p in model.parameters()),
+                             n_train=len(data.train_y), n_corrupted=len(data.corrupted)
+                             if data.corrupted is not None else 0)
+    best = 0.0
+
+    if checkpoint is not None:
+        utils.check_state_dict(checkpoint['model'], model, resume_path(args))
+        model.load_state_dict(checkpoint['model'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        scheduler.load_state_dict(checkpoint['scheduler'])
+        if scaler is not None and checkpoint.get('scaler'):
+            scaler.load_state_dict(checkpoint['scaler'])
+        generator.set_state(checkpoint['rng']['data'])
+        torch.set_rng_state(checkpoint['rng']['torch'])
+        if device.type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
+            torch.cuda.set_rng_state(checkpoint['rng']['cuda'], device)
+        args.start_epoch = checkpoint['epoch']
+        best = checkpoint['best_acc']
+        record.data['epochs'] = checkpoint['epochs']
+        print(f'resumed from {resume_path(args)} at epoch {args.start_epoch}')
+
+    print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {device}; '
+          f'{args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
+          + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
+
+    if args.evaluate:
+        loss, acc = utils.evaluate(model, test_loader, device, args.amp)
+        print(f'test loss {loss:.4f} acc {acc:.2f}%')
+        return
+
+    if args.start_epoch == 0:
+        utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, 0))
+        if data.corrupted is not None:
+            utils.save_json({'corrupt': args.corrupt, 'randomseed': args.randomseed,
+                             'indices': data.corrupted.tolist()},
+                            os.path.join(args.save_dir, 'label_noise.json'))
+
+    run_start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        t0 = time.time()
+        lr = optimizer.param_groups[0]['lr']
+        train_loss, train_acc = utils.train_epoch(
+            model, train_loader, optimizer, device, amp=args.amp, scaler=scaler,
+            desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped. The last '
+                             f'good snapshot is {utils.snapshot_path(args.save_dir, epoch)} (try a '
+                             f'lower --lr)')
+        scheduler.step()
+        test_loss, test_acc = utils.evaluate(model, test_loader, device, args.amp)
+        best = max(best, test_acc)
+        seconds = time.time() - t0
+        print(utils.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss, test_acc,
+                               seconds), flush=True)
+
+        utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, epoch + 1))
+        record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss, 'train_acc': train_acc,
+                          'test_loss': test_loss, 'test_acc': test_acc, 'seconds': seconds})
+        checkpoint = {
+            'epoch': epoch + 1, 'args': vars(args), 'best_acc': best, 'epochs': record.data['epochs'],
+            'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
+            'rng': {'data': generator.get_state(), 'torch': torch.get_rng_state(),
+                    'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None},
+        }
+        utils.save_tensors(checkpoint, ckpt_path)
+        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+            utils.save_tensors(checkpoint, os.path.join(args.save_dir, f'checkpoint_{epoch + 1}.pt'))
+
+    record.data['seconds'] = record.data.get('seconds', 0) + time.time() - run_start
+    record.save()
+    print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
+          f'({time.time() - run_start:.0f}s)')
+    print(f'trajectory: {args.save_dir}/0.pt .. {args.epochs}.pt; metrics: {metrics_path}')
+
+
+if __name__ == '__main__':
+    utils.run_cli(main)
