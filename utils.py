@@ -687,3 +687,90 @@ def grad_scaler(args, device):
     if args.amp == 'fp16' and device.type == 'cuda':
         return torch.amp.GradScaler('cuda')
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Subspace runs (train_psgd.py, train_pbfgs.py).
+# ---------------------------------------------------------------------------------------------
+
+def subspace_tag(method, args):
+    """File-name stem of a subspace run's outputs, e.g. ``pbfgs_d40_0-81``."""
+    return f'{method}_d{args.n_components}_{args.params_start}-{args.params_end}'
+
+
+def extract_basis(args, model, device):
+    """Algorithm 1 on the trajectory ``params_start .. params_end-1``, streamed from disk onto
+    ``device``; then ``model`` is set to snapshot ``params_start`` (weights and BN buffers).
+
+    Returns the :class:`dldr.Basis` and the ``basis`` entry of the run's JSON.
+    """
+    import dldr
+    folder = args.pretrain_dir or args.save_dir
+    t = args.params_end - args.params_start
+    if args.n_components >= t:
+        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
+                        f'snapshots ({t}: {args.params_start}..{args.params_end - 1}): a centred '
+                        f'trajectory of t snapshots has rank <= t-1')
+    trajectory = open_trajectory(folder, args.params_start, args.params_end, model)
+    start = time.time()
+    try:
+        basis = dldr.dldr_basis(trajectory, args.n_components, device=device,
+                                max_bytes=args.basis_memory * 2**20)
+    except ValueError as e:
+        raise UserError(f'basis of {folder}/{args.params_start}..{args.params_end - 1}.pt: {e}') from None
+    seconds = time.time() - start
+    load_snapshot(snapshot_path(folder, args.params_start), model)
+    ratio = basis.explained_variance_ratio.tolist()
+    cumulative = np.cumsum(ratio)
+    print(f'basis: {t} snapshots {args.params_start}..{args.params_end - 1} of {folder}, '
+          f'{len(trajectory[0])} parameters -> d = {basis.n_components}, {seconds:.1f}s on {device}')
+    print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in ratio))
+    print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in cumulative))
+    info = {'snapshots': [args.params_start, args.params_end], 'folder': folder,
+            'n_components': basis.n_components, 'explained_variance_ratio': ratio,
+            'cumulative_explained_variance': cumulative.tolist(),
+            'singular_values': basis.singular_values.tolist(), 'seconds': seconds}
+    return basis, info
+
+
+def prepare_subspace_run(args, method):
+    """Shared start of the subspace scripts: checks, device, data, model at ``params_start``,
+    basis, loaders and the run record.  Returns a namespace of them, or None after ``--evaluate``
+    (which only evaluates the run's saved final model)."""
+    from types import SimpleNamespace
+    if args.resume:
+        raise UserError('--resume applies to train_sgd.py; rerun the subspace run instead')
+    device = pick_device(args.device)
+    seed_everything(args.randomseed, args.deterministic)
+    prepare_save_dir(args.save_dir)
+    tag = subspace_tag(method, args)
+    model_path = os.path.join(args.save_dir, f'{tag}.pt')
+    metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
+    data = load_data(args)
+    model = build_model(args, data, device)
+    if args.evaluate:
+        load_snapshot(model_path, model)
+        loss, acc = evaluate(model, make_loaders(data, args, device, None)[1], device, args.amp)
+        print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%')
+        return None
+    refuse_overwrite([model_path, metrics_path], args)
+    basis, info = extract_basis(args, model, device)
+    generator = torch.Generator().manual_seed(args.randomseed)
+    train_loader, test_loader = make_loaders(data, args, device, generator)
+    record = RunRecord(metrics_path, args, method=method, basis=info,
+                       n_parameters=sum(p.numel() for p in model.parameters()),
+                       n_train=len(data.train_y),
+                       n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
+    return SimpleNamespace(device=device, data=data, model=model, basis=basis, record=record,
+                           train_loader=train_loader, test_loader=test_loader,
+                           model_path=model_path, metrics_path=metrics_path)
+
+
+def finish_subspace_run(run, start):
+    """Save the final model and metrics of a subspace run and print where they are."""
+    save_tensors(run.model.state_dict(), run.model_path)
+    run.record.data['seconds'] = time.time() - start
+    run.record.save()
+    print(f'final test acc {run.record.data["final_test_acc"]}  best {run.record.data["best_test_acc"]}  '
+          f'({time.time() - start:.0f}s)')
+    print(f'model: {run.model_path}; metrics: {run.metrics_path}')

@@ -1,0 +1,429 @@
+"""DLDR: training in a tiny subspace spanned by the dominant directions of a training trajectory.
+
+Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained in Tiny Subspaces"
+(TPAMI 2023).  Pure torch; see ``METHOD.md`` for the formulas.
+
+* Flat vectors: the trainable parameters of a model, flattened in ``named_parameters()`` order
+  (BatchNorm running statistics are buffers, not part of the vector).
+* :func:`dldr_basis` (Algorithm 1): P (d x n, orthonormal rows) spanning the top-d principal
+  directions of the centred snapshots, computed by streaming over chunks of coordinates.
+* :class:`Subspace` / :func:`project_grads_`: g -> P g (coordinates), c -> P^T c (lift); P-SGD is
+  ``torch.optim.SGD`` applied to projected gradients P^T P g.
+* :class:`PBFGS` (Algorithm 2): BFGS on the coordinates g~ = P g with a backtracking Armijo
+  line search, optionally plus momentum on the residual g - P^T g~.
+"""
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+DEFAULT_MAX_BYTES = 256 * 2**20
+"""Default bound on the memory :func:`dldr_basis` keeps per chunk of coordinates (256 MiB)."""
+
+RANK_RTOL = 1e-10
+""":func:`dldr_basis` rejects a component whose eigenvalue is <= RANK_RTOL * largest eigenvalue."""
+
+
+# --------------------------------------------------------------------------------------------
+# Flat parameter / gradient vectors
+# --------------------------------------------------------------------------------------------
+
+def trainable_params(model: torch.nn.Module) -> list[Tensor]:
+    """Parameters with ``requires_grad``, in ``model.named_parameters()`` order."""
+    return [p for _, p in model.named_parameters() if p.requires_grad]
+
+
+def _views_like(params: Sequence[Tensor], vec: Tensor) -> list[Tensor]:
+    """Split the flat ``vec`` into views shaped like ``params``."""
+    numels = [p.numel() for p in params]
+    if vec.ndim != 1 or vec.numel() != sum(numels):
+        raise ValueError(f'expected a flat vector of {sum(numels)} entries, got shape {tuple(vec.shape)}')
+    return [v.view_as(p) for v, p in zip(vec.split(numels), params)]
+
+
+def flat_params(params: Sequence[Tensor]) -> Tensor:
+    """Concatenation of ``params`` as a new 1-D float32 tensor."""
+    return torch.cat([p.detach().reshape(-1).float() for p in params])
+
+
+@torch.no_grad()
+def set_flat_params_(params: Sequence[Tensor], vec: Tensor) -> None:
+    """Copy the flat ``vec`` into ``params`` in place (cast to each parameter's dtype)."""
+    torch._foreach_copy_(list(params), _views_like(params, vec))
+
+
+def flat_grad(params: Sequence[Tensor]) -> Tensor:
+    """Concatenation of the gradients of ``params`` as a new 1-D float32 tensor (0 where ``grad`` is None)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for p in params])
+
+
+@torch.no_grad()
+def set_flat_grad_(params: Sequence[Tensor], vec: Tensor) -> None:
+    """Copy the flat ``vec`` into the ``.grad`` of ``params`` (allocated where None)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    torch._foreach_copy_([p.grad for p in params], _views_like(params, vec))
+
+
+# --------------------------------------------------------------------------------------------
+# Algorithm 1: the basis
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Basis:
+    """Result of :func:`dldr_basis`.
+
+    ``P`` is d x n float32 with orthonormal rows u_i^T; ``eigenvalues`` are all t eigenvalues
+    λ_1 >= ... >= λ_t >= 0 of the centred Gram matrix G = W^T W (float64, CPU), i.e. the squared
+    singular values of the centred trajectory W.
+    """
+
+    P: Tensor
+    eigenvalues: Tensor
+
+    @property
+    def n_components(self) -> int:
+        """d, the subspace dimension."""
+        return self.P.shape[0]
+
+    @property
+    def n_snapshots(self) -> int:
+        """t, the number of snapshots the basis was computed from."""
+        return self.eigenvalues.numel()
+
+    @property
+    def explained_variance_ratio(self) -> Tensor:
+        """λ_i / Σ_j λ_j for i = 1..d (sklearn's PCA ``explained_variance_ratio_``)."""
+        return self.eigenvalues[:self.n_components] / self.eigenvalues.sum()
+
+    @property
+    def singular_values(self) -> Tensor:
+        """sqrt(λ_i) for i = 1..d, the top singular values of the centred trajectory."""
+        return self.eigenvalues[:self.n_components].sqrt()
+
+
+def _trajectory_shape(snapshots) -> tuple[int, int]:
+    """(t, n) of a (t, n) tensor or of a sequence of t snapshots of equal length n."""
+    if isinstance(snapshots, Tensor):
+        if snapshots.ndim != 2:
+            raise ValueError(f'a snapshot tensor must be 2-D (t, n), got shape {tuple(snapshots.shape)}')
+        return tuple(snapshots.shape)
+    lengths = [len(s) for s in snapshots]
+    for i, length in enumerate(lengths):
+        if length != lengths[0]:
+            raise ValueError(f'snapshots have different lengths: snapshot 0 has {lengths[0]} '
+                             f'entries, snapshot {i} has {length}')
+    return len(lengths), (lengths[0] if lengths else 0)
+
+
+def _centred_chunk(snapshots, start: int, stop: int, device: torch.device) -> Tensor:
+    """Coordinates [start, stop) of every snapshot as a (t, stop - start) float64 block, centred
+    across snapshots (per coordinate, so chunk-wise centring is exact)."""
+    if isinstance(snapshots, Tensor):
+        block = snapshots[:, start:stop].to(device=device, dtype=torch.float64, copy=True)
+    else:
+        block = torch.empty(len(snapshots), stop - start, dtype=torch.float64, device=device)
+        for row, snapshot in zip(block, snapshots):
+            row.copy_(torch.as_tensor(snapshot[start:stop]))
+    return block.sub_(block.mean(dim=0, keepdim=True))
+
+
+def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None) -> Basis:
+    """Top-``n_components`` principal directions of a trajectory (paper Algorithm 1).
+
+    With X = [w_1 .. w_t] (n x t) and W = X H its centred version (H = I - 11^T/t), the rows of
+    P = Λ_d^{-1/2} V_d^T W^T are the top-d left singular vectors of W, where G = W^T W = V Λ V^T.
+
+    The computation streams over chunks of coordinates, touching only ``snapshot[a:b]`` of every
+    snapshot at a time, in two passes: (1) G = Σ_chunks W_c^T W_c, (2) P[:, c] = Λ_d^{-1/2} V_d^T
+    W_c^T.  Each chunk is centred across snapshots before use; this equals H X^T X H but avoids
+    the cancellation of forming X^T X when the mean dominates the spread.  Everything is float64
+    until P is stored as float32; the rows are finally re-orthonormalised (Cholesky of P P^T) to
+    remove the effect of rounding in G and its eigendecomposition.
+
+    Args:
+        snapshots: a (t, n) tensor, or a sequence of t snapshots each supporting ``len(s) == n``
+            and ``s[a:b]`` (a 1-D tensor or array of any dtype/device), e.g. memory-mapped files.
+        n_components: d, with 1 <= d <= t - 1.
+        device: where to compute and store P (default: the tensor's device, else CPU).
+        max_bytes: bound on the per-chunk working memory, about 8 (t + 2d + 1) bytes per
+            coordinate (default :data:`DEFAULT_MAX_BYTES`); the d x n result P is not counted.
+
+    Raises:
+        ValueError: bad ``n_components``, snapshots of unequal length, non-finite snapshots, or a
+            trajectory with fewer than d non-negligible principal directions.
+    """
+    if not isinstance(snapshots, Tensor):
+        snapshots = list(snapshots)
+    t, n = _trajectory_shape(snapshots)
+    d = n_components
+    if d < 1:
+        raise ValueError(f'n_components must be >= 1, got {d}')
+    if d >= t:
+        raise ValueError(f'n_components={d} must be < t={t}: a centred trajectory of t snapshots '
+                         f'has rank <= t-1')
+    if device is None:
+        device = snapshots.device if isinstance(snapshots, Tensor) else torch.device('cpu')
+    device = torch.device(device)
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    if max_bytes <= 0:
+        raise ValueError(f'max_bytes must be positive, got {max_bytes}')
+    chunk = max(1, max_bytes // (8 * (t + 2 * d + 1)))
+    ranges = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+
+    gram = torch.zeros(t, t, dtype=torch.float64, device=device)
+    for a, b in ranges:
+        w_chunk = _centred_chunk(snapshots, a, b, device)
+        gram.addmm_(w_chunk, w_chunk.T)
+    gram = gram.cpu()
+    if not torch.isfinite(gram).all():
+        raise ValueError('snapshots contain non-finite values')
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    eigenvalues = eigenvalues.flip(0).clamp_(min=0.0)  # G is PSD; clamp rounding below 0
+    eigenvectors = eigenvectors.flip(1)
+    if eigenvalues[d - 1] <= RANK_RTOL * eigenvalues[0]:
+        raise ValueError(f'eigenvalue {d} of the centred Gram matrix is ~0 '
+                         f'({eigenvalues[d - 1].item():.3g} vs largest {eigenvalues[0].item():.3g}): '
+                         f'the trajectory has fewer than {d} independent directions '
+                         f'(duplicate snapshots?); use fewer components')
+
+    coefficients = (eigenvectors[:, :d] / eigenvalues[:d].sqrt()).T.contiguous().to(device)  # d x t
+    P = torch.empty(d, n, dtype=torch.float32, device=device)
+    overlap = torch.zeros(d, d, dtype=torch.float64, device=device)
+    for a, b in ranges:
+        rows = coefficients @ _centred_chunk(snapshots, a, b, device)
+        overlap.addmm_(rows, rows.T)
+        P[:, a:b] = rows
+
+    # P P^T = L L^T  =>  L^{-1} P has orthonormal rows (row i mixes only rows 1..i).
+    cholesky = torch.linalg.cholesky(overlap)
+    whitening = torch.linalg.solve_triangular(
+        cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
+    for a, b in ranges:
+        P[:, a:b] = whitening @ P[:, a:b].double()
+    return Basis(P=P, eigenvalues=eigenvalues)
+
+
+# --------------------------------------------------------------------------------------------
+# Projection
+# --------------------------------------------------------------------------------------------
+
+class Subspace:
+    """The subspace span(P^T) of an orthonormal-row basis P (d x n)."""
+
+    def __init__(self, P: Tensor):
+        if P.ndim != 2:
+            raise ValueError(f'P must be 2-D (d, n), got shape {tuple(P.shape)}')
+        self.P = P
+
+    @property
+    def dim(self) -> int:
+        """d."""
+        return self.P.shape[0]
+
+    def coords(self, g: Tensor) -> Tensor:
+        """P g: coordinates (d) of the n-vector ``g`` in the basis."""
+        return torch.mv(self.P, g)
+
+    def lift(self, c: Tensor) -> Tensor:
+        """P^T c: the n-vector with coordinates ``c``."""
+        return torch.mv(self.P.T, c)
+
+    def project(self, g: Tensor) -> Tensor:
+        """P^T P g: orthogonal projection of ``g`` onto the subspace."""
+        return self.lift(self.coords(g))
+
+
+@torch.no_grad()
+def project_grads_(params: Sequence[Tensor], P: Tensor) -> None:
+    """Replace the gradients of ``params`` by their projection P^T P g (for P-SGD).
+
+    An optimizer that only sees projected gradients (e.g. SGD with momentum, no weight decay)
+    keeps every iterate in w_start + span(P^T).
+    """
+    set_flat_grad_(params, Subspace(P).project(flat_grad(params)))
+
+
+# --------------------------------------------------------------------------------------------
+# Algorithm 2: P-BFGS
+# --------------------------------------------------------------------------------------------
+
+STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips')
+
+
+class PBFGS(torch.optim.Optimizer):
+    """BFGS in the subspace span(P^T) with backtracking line search (paper Algorithm 2).
+
+    Each :meth:`step` on the current mini-batch, with f and g = ∇f at the current w:
+
+    1. g~ = P g.  If a previous step s exists, with y = g~ - g~_prev and y^T s > ``curvature_eps``:
+       r = 1 / y^T s, V = I - r y s^T, B <- V^T B V + r s s^T (inverse-Hessian update, B_0 = I).
+    2. p = -B g~, δ = g~^T p.  Backtracking from α = 1: evaluate f(w + α P^T p) and accept the first
+       α with f_new < f + σ α δ, else α <- ρ α, at most ``max_trials`` evaluations.
+    3. s = α p, w <- w + P^T s, g~_prev = g~.  If ``alpha`` > 0, residual momentum on the part of
+       the gradient outside the subspace: M <- γ M + (g - P^T g~), w <- w - alpha M.
+
+    If all trials fail the search takes no step: s = 0 (so the next curvature update is skipped)
+    and the failure is counted in ``stats['failed_searches']``; residual momentum still applies.
+    If the loss or the gradient at w is non-finite the whole step is skipped: weights unchanged,
+    buffers restored to their values before the step, B reset to I and g~_prev, s forgotten
+    (``stats['nonfinite_skips']``).  Trials never change anything but their returned loss:
+    weights and ``buffers`` (BatchNorm running statistics) are restored bit-exactly after each.
+
+    ``params`` must be ordered as the flat vectors P was built from (:func:`trainable_params`).
+    The state (B, g~_prev, s, M) lives in ``self.state`` and survives ``state_dict()`` /
+    ``load_state_dict()``; P itself is not saved.  B and the d-vectors are float64 on P's device:
+    they cost O(d^2) and keep the update accurate when y^T s is tiny (y is a difference of two
+    noisy gradients); the n-vectors are float32.  Host syncs: one finiteness check per step and
+    one comparison per trial.
+
+    The closure re-evaluates the model in train mode on the current mini-batch and returns the
+    loss.  :meth:`step` calls it once with grad enabled, where it must zero the gradients and
+    backpropagate (it may average the gradients of several mini-batches and return the last
+    batch's loss), then for each trial under ``torch.no_grad()``, where it only returns the loss
+    (on the last mini-batch)::
+
+        def closure():
+            loss = criterion(model(x), y)
+            if torch.is_grad_enabled():
+                optimizer.zero_grad()
+                loss.backward()
+            return loss
+
+        optimizer = PBFGS(trainable_params(model), basis.P, buffers=list(model.buffers()))
+        loss = optimizer.step(closure)
+    """
+
+    def __init__(self, params: Iterable[Tensor], P: Tensor, *, buffers: Iterable[Tensor] = (),
+                 sigma: float = 0.4, rho: float = 0.4, max_trials: int = 20, alpha: float = 0.0,
+                 gamma: float = 0.9, curvature_eps: float = 1e-20):
+        if not 0.0 < sigma < 1.0:
+            raise ValueError(f'sigma must be in (0, 1), got {sigma}')
+        if not 0.0 < rho < 1.0:
+            raise ValueError(f'rho must be in (0, 1), got {rho}')
+        if max_trials < 1:
+            raise ValueError(f'max_trials must be >= 1, got {max_trials}')
+        if alpha < 0.0 or gamma < 0.0:
+            raise ValueError(f'alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}')
+        defaults = dict(sigma=sigma, rho=rho, max_trials=max_trials, alpha=alpha, gamma=gamma,
+                        curvature_eps=curvature_eps)
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError('PBFGS supports a single parameter group')
+        n = sum(p.numel() for p in self._params)
+        if P.ndim != 2 or P.shape[1] != n:
+            raise ValueError(f'P must have shape (d, {n}) for these parameters, got {tuple(P.shape)}')
+        self.subspace = Subspace(P)
+        self._buffers = list(buffers)
+        self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self._reset_curvature()
+
+    @property
+    def _params(self) -> list[Tensor]:
+        return self.param_groups[0]['params']
+
+    @property
+    def _state(self) -> dict:
+        """All optimizer state, kept under the first parameter (as torch.optim.LBFGS does)."""
+        return self.state[self._params[0]]
+
+    def _reset_curvature(self) -> None:
+        """B <- I and forget g~_prev and s."""
+        P = self.subspace.P
+        self._state['B'] = torch.eye(self.subspace.dim, dtype=torch.float64, device=P.device)
+        self._state.pop('prev_coords', None)
+        self._state.pop('prev_step', None)
+
+    def reset_stats(self) -> dict[str, int]:
+        """Return the counters accumulated since the last reset (e.g. one epoch) and zero them."""
+        stats, self.stats = self.stats, dict.fromkeys(STAT_KEYS, 0)
+        return stats
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As :meth:`torch.optim.Optimizer.load_state_dict`, but keeping each saved tensor's dtype
+        (the base class casts floating state to the parameters' dtype, rounding B to float32)."""
+        super().load_state_dict(state_dict)
+        saved = next(iter(state_dict['state'].values()), {})
+        for key, value in saved.items():
+            if isinstance(value, Tensor):
+                self._state[key] = value.to(device=self.subspace.P.device, copy=True)
+
+    def _update_inverse_hessian(self, coords: Tensor) -> Tensor:
+        """BFGS update of B from y = g~ - g~_prev and s, on device (r = 0 skips it)."""
+        state = self._state
+        B = state['B']
+        if 'prev_coords' in state:
+            y, s = coords - state['prev_coords'], state['prev_step']
+            curvature = y @ s
+            r = torch.where(curvature > self.param_groups[0]['curvature_eps'],
+                            curvature.reciprocal(), torch.zeros_like(curvature))
+            V = torch.eye(len(s), dtype=B.dtype, device=B.device) - r * torch.outer(y, s)
+            B = V.T @ B @ V + r * torch.outer(s, s)
+            state['B'] = B
+        return B
+
+    def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor,
+                     slope: Tensor) -> tuple[float, Tensor]:
+        """Backtracking Armijo search along w + α direction; returns (α, new w), (0, w) on failure."""
+        group = self.param_groups[0]
+        buffers = [b.clone() for b in self._buffers]
+        step_size = 1.0
+        for _ in range(group['max_trials']):
+            trial = torch.add(w, direction, alpha=step_size)
+            set_flat_params_(self._params, trial)
+            trial_loss = closure()
+            set_flat_params_(self._params, w)
+            _copy_all_(self._buffers, buffers)
+            self.stats['trials'] += 1
+            if bool(_as_float64(trial_loss, w.device) < loss + group['sigma'] * step_size * slope):
+                return step_size, trial
+            step_size *= group['rho']
+        self.stats['failed_searches'] += 1
+        return 0.0, w
+
+    @torch.no_grad()
+    def step(self, closure) -> Tensor:
+        """One P-BFGS step; returns the loss at the evaluation point (before the step)."""
+        group, state, subspace = self.param_groups[0], self._state, self.subspace
+        self.stats['steps'] += 1
+        buffers_before = [b.clone() for b in self._buffers]
+        with torch.enable_grad():
+            loss = closure()
+        grad = flat_grad(self._params)
+        coords32 = subspace.coords(grad)
+        f = _as_float64(loss, grad.device)
+        if not bool(torch.isfinite(f) & torch.isfinite(coords32).all()):
+            _copy_all_(self._buffers, buffers_before)
+            self._reset_curvature()
+            self.stats['nonfinite_skips'] += 1
+            return loss
+
+        coords = coords32.double()
+        direction = -(self._update_inverse_hessian(coords) @ coords)
+        w = flat_params(self._params)
+        step_size, w_new = self._line_search(closure, f, w, subspace.lift(direction.float()),
+                                             coords @ direction)
+        state['prev_coords'] = coords
+        state['prev_step'] = step_size * direction
+        if group['alpha'] != 0.0:
+            if 'residual_momentum' not in state:
+                state['residual_momentum'] = torch.zeros_like(grad)
+            momentum = state['residual_momentum']
+            momentum.mul_(group['gamma']).add_(grad - subspace.lift(coords32))
+            w_new = w_new - group['alpha'] * momentum
+        set_flat_params_(self._params, w_new)
+        return loss
+
+
+def _copy_all_(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """Copy each source into its target in place (an empty list is a no-op)."""
+    if targets:
+        torch._foreach_copy_(targets, sources)
+
+
+def _as_float64(loss, device: torch.device) -> Tensor:
+    """A closure's loss (tensor or number) as a detached float64 scalar tensor on ``device``."""
+    return torch.as_tensor(loss, device=device).detach().to(torch.float64)

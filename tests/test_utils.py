@@ -1,0 +1,218 @@
+"""Data, label noise, subsets, augmentation and snapshot files, checked against independent
+computations."""
+import os
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import models
+import utils
+
+
+# ----------------------------------------------------------------------------- label noise
+
+@pytest.mark.parametrize('num_classes,fraction', [(10, 0.2), (100, 0.5), (10, 1.0), (10, 0.0)])
+def test_corrupt_labels_count_changed_range(num_classes, fraction):
+    labels = torch.randint(num_classes, (5001,), generator=torch.Generator().manual_seed(3))
+    new, idx = utils.corrupt_labels(labels, fraction, num_classes, seed=7)
+    expected = int(round(fraction * len(labels)))
+    assert len(idx) == expected == len(set(idx.tolist()))
+    changed = torch.nonzero(new != labels).flatten()
+    assert torch.equal(changed, idx)              # exactly the recorded indices, every one changed
+    assert new.min() >= 0 and new.max() < num_classes
+    if num_classes == 100 and expected:
+        # drawn among all 100 classes, not 10 (the reference's bug)
+        assert len(torch.unique(new[idx])) > 50
+        # uniform over the 99 other classes: the offset (new - old) mod K is ~uniform on 1..99
+        offsets = ((new[idx] - labels[idx]) % num_classes).numpy()
+        counts = np.bincount(offsets, minlength=num_classes)[1:]
+        assert counts.min() > 0 and counts.max() < 3 * expected / 99
+
+
+def test_corrupt_labels_deterministic_and_seed_dependent():
+    labels = torch.arange(1000) % 10
+    a = utils.corrupt_labels(labels, 0.3, 10, seed=1)
+    b = utils.corrupt_labels(labels, 0.3, 10, seed=1)
+    c = utils.corrupt_labels(labels, 0.3, 10, seed=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], c[1])
+
+
+def test_corrupt_labels_rejects_bad_fraction():
+    with pytest.raises(utils.UserError, match='corrupt'):
+        utils.corrupt_labels(torch.zeros(10, dtype=torch.long), 1.5, 10, seed=0)
+
+
+def _args(**kw):
+    base = dict(datasets='synthetic', data_dir='unused', smalldatasets=None, corrupt=0.0, randomseed=1)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_load_data_noise_leaves_test_set_and_is_shared_across_runs():
+    clean = utils.load_data(_args())
+    noisy = utils.load_data(_args(corrupt=0.2))
+    again = utils.load_data(_args(corrupt=0.2))
+    assert torch.equal(noisy.test_y, clean.test_y) and torch.equal(noisy.test_x, clean.test_x)
+    assert torch.equal(noisy.train_x, clean.train_x)
+    assert (noisy.train_y != clean.train_y).sum() == round(0.2 * len(clean.train_y))
+    assert torch.equal(noisy.train_y, again.train_y)  # same seed: same labels in every script
+
+
+# ----------------------------------------------------------------------------- subsets
+
+def test_balanced_subset_is_class_balanced_and_seeded():
+    labels = torch.arange(10).repeat_interleave(torch.arange(100, 200, 10))  # unequal class sizes
+    keep = utils.balanced_subset(labels, 0.25, 10, seed=5)
+    per_class = torch.bincount(labels[keep], minlength=10)
+    expected = torch.tensor([round(0.25 * n) for n in range(100, 200, 10)])
+    assert torch.equal(per_class, expected)
+    assert len(set(keep.tolist())) == len(keep)
+    assert torch.equal(keep, utils.balanced_subset(labels, 0.25, 10, seed=5))
+    assert not torch.equal(keep, utils.balanced_subset(labels, 0.25, 10, seed=6))
+
+
+# ----------------------------------------------------------------------------- CIFAR reader
+
+def _write_cifar10(root, per_batch=4):
+    folder = os.path.join(root, 'cifar-10-batches-py')
+    os.makedirs(folder)
+    rng = np.random.default_rng(0)
+    images, labels = {}, {}
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        lab = rng.integers(0, 10, per_batch).tolist()
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({b'data': data, b'labels': lab, b'batch_label': name.encode()}, f)
+        images[name], labels[name] = data, lab
+    return images, labels
+
+
+def test_read_cifar10_pickles_without_md5(tmp_path):
+    images, labels = _write_cifar10(str(tmp_path))
+    data = utils.read_cifar(str(tmp_path), 'CIFAR10')
+    assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
+    assert data.train_x.dtype == torch.uint8 and data.num_classes == 10
+    # row layout of the pickles: 1024 red, then green, then blue values, each row-major 32x32
+    first = images['data_batch_1'][1]
+    assert data.train_x[1, 2, 5, 7] == first[2 * 1024 + 5 * 32 + 7]
+    assert data.train_x[4, 0, 0, 0] == images['data_batch_2'][0][0]
+    assert data.train_y.tolist() == sum((labels[f'data_batch_{i}'] for i in range(1, 6)), [])
+    assert data.test_y.tolist() == labels['test_batch']
+
+
+def test_read_cifar100_fine_labels(tmp_path):
+    folder = tmp_path / 'cifar-100-python'
+    folder.mkdir()
+    for name, n in (('train', 6), ('test', 3)):
+        with open(folder / name, 'wb') as f:
+            pickle.dump({b'data': np.full((n, 3072), n, np.uint8), b'fine_labels': list(range(90, 90 + n)),
+                         b'coarse_labels': [0] * n}, f)
+    data = utils.read_cifar(str(tmp_path), 'CIFAR100')
+    assert data.num_classes == 100 and data.train_y.tolist() == list(range(90, 96))
+    assert data.test_x.shape == (3, 3, 32, 32) and int(data.test_x.max()) == 3
+
+
+def test_read_cifar_corrupt_file_is_a_user_error(tmp_path):
+    _write_cifar10(str(tmp_path))
+    (tmp_path / 'cifar-10-batches-py' / 'data_batch_3').write_bytes(b'not a pickle')
+    with pytest.raises(utils.UserError, match='data_batch_3'):
+        utils.read_cifar(str(tmp_path), 'CIFAR10')
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+def test_device_loader_crop_flip_matches_reference_semantics():
+    """Each training image is the 32x32 window at the drawn offset of the image zero-padded by 4,
+    mirrored when its flip was drawn: recomputed here per sample with numpy."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(10)
+    loader = utils.DeviceLoader(x, y, 4, (0.0, 0.0, 0.0), (1 / 255,) * 3, torch.device('cpu'),
+                                train=True, generator=g)
+    draws = torch.Generator().manual_seed(11)
+    order = torch.randperm(10, generator=draws)
+    shifts = torch.randint(0, 9, (10, 2), generator=draws)
+    flips = torch.rand(10, generator=draws).lt(0.5)
+    batches = list(loader)
+    got_x = torch.cat([b[0] for b in batches])
+    got_y = torch.cat([b[1] for b in batches])
+    assert torch.equal(got_y, order)
+    for k in range(10):
+        img = np.pad(x[order[k]].numpy(), ((0, 0), (4, 4), (4, 4)))
+        r, c = shifts[k].tolist()
+        crop = img[:, r:r + 32, c:c + 32]
+        if flips[k]:
+            crop = crop[:, :, ::-1]
+        np.testing.assert_array_equal(got_x[k].numpy(), crop.astype(np.float32))
+    assert 0 < flips.sum() < 10
+
+
+def test_device_loader_eval_normalises_in_order():
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    loader = utils.DeviceLoader(x, torch.arange(5), 2, (0.5, 0.4, 0.3), (0.2, 0.2, 0.1),
+                                torch.device('cpu'), train=False)
+    got = torch.cat([b[0] for b in loader])
+    mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2, 0.2, 0.1]).view(1, 3, 1, 1)
+    torch.testing.assert_close(got, (x.float() / 255 - mean) / std)
+
+
+def test_synthetic_is_deterministic_and_cifar_shaped():
+    a, b = utils.make_synthetic(n_train=200, n_test=50), utils.make_synthetic(n_train=200, n_test=50)
+    assert a.train_x.shape == (200, 3, 32, 32) and a.train_x.dtype == torch.uint8
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert set(a.train_y.tolist()) == set(range(10))
+    assert a.train_x.float().std() > 10  # not a blank image
+
+
+# ----------------------------------------------------------------------------- snapshots
+
+def test_snapshot_roundtrip_and_module_prefix(tmp_path):
+    torch.manual_seed(0)
+    model = models.get_model('resnet8')
+    path = str(tmp_path / '3.pt')
+    utils.save_tensors(model.state_dict(), path)
+    other = models.get_model('resnet8')
+    utils.load_snapshot(path, other)
+    for (k, v), w in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(v, w), k
+    # DataParallel-style keys (the reference's trajectories) load as well
+    utils.save_tensors({'module.' + k: v for k, v in model.state_dict().items()}, path)
+    third = models.get_model('resnet8')
+    utils.load_snapshot(path, third)
+    assert torch.equal(third.linear.weight, model.linear.weight)
+    assert not any(p.name.endswith('.tmp') for p in tmp_path.iterdir())  # atomic write cleaned up
+
+
+def test_flat_snapshot_slices_follow_named_parameters(tmp_path):
+    torch.manual_seed(0)
+    model = models.get_model('resnet8')
+    utils.save_tensors(model.state_dict(), str(tmp_path / '0.pt'))
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    [snap] = utils.open_trajectory(str(tmp_path), 0, 1, model)
+    assert len(snap) == flat.numel()
+    for a, b in [(0, 10), (400, 1234), (5000, 5001), (len(flat) - 7, len(flat)), (0, len(flat))]:
+        assert torch.equal(snap[a:b], flat[a:b])
+
+
+def test_snapshot_of_other_arch_or_classes_is_refused(tmp_path):
+    utils.save_tensors(models.get_model('resnet8', num_classes=100).state_dict(), str(tmp_path / '0.pt'))
+    with pytest.raises(utils.UserError, match='0.pt does not fit'):
+        utils.load_snapshot(str(tmp_path / '0.pt'), models.get_model('resnet8'))
+    with pytest.raises(utils.UserError, match='does not fit'):
+        utils.open_trajectory(str(tmp_path), 0, 1, models.get_model('resnet20', num_classes=100))
+
+
+def test_missing_and_corrupt_snapshots_are_named(tmp_path):
+    model = models.get_model('resnet8')
+    utils.save_tensors(model.state_dict(), str(tmp_path / '0.pt'))
+    with pytest.raises(utils.UserError, match=r'missing snapshot .*1\.pt'):
+        utils.open_trajectory(str(tmp_path), 0, 3, model)
+    data = (tmp_path / '0.pt').read_bytes()
+    (tmp_path / '1.pt').write_bytes(data[: len(data) // 2])
+    with pytest.raises(utils.UserError, match=r'corrupt or truncated snapshot: .*1\.pt'):
+        utils.load_snapshot(str(tmp_path / '1.pt'), model)

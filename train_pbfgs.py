@@ -1,0 +1,102 @@
+"""P-BFGS: quasi-Newton training in the DLDR subspace of a sampled trajectory (paper Algorithm 2).
+
+Extracts the top-d principal directions P of snapshots params_start..params_end-1 (written by
+train_sgd.py), starts from snapshot params_start, and on each mini-batch updates a d x d
+inverse-Hessian estimate by BFGS and steps along -B g~ with a backtracking Armijo line search
+evaluated on the same mini-batch (in memory: weights and BN statistics are restored exactly).
+
+    python -u train_pbfgs.py --epochs 20 --datasets CIFAR10 --params_start 0 --params_end 81 \
+        --batch-size 1024 --n_components 40 --arch=resnet20 --save-dir=save_resnet20 |& tee -a log
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+
+import dldr
+import utils
+
+
+def parse_args(argv=None):
+    p = utils.make_parser(
+        'P-BFGS: quasi-Newton training in the d-dimensional DLDR subspace of a sampled trajectory '
+        '(Armijo sigma 0.4, backtracking rho 0.4, at most 20 trials per step; when all trials fail '
+        'no step is taken). No weight decay.',
+        epochs=100, lr=1.0, lr_help='unused (kept for the reference command lines): the line '
+                                    'search sets the step')
+    utils.add_subspace_args(p)
+    p.add_argument('--accumulate', default=1, type=utils._positive_int, metavar='K',
+                   help='average the gradients of K mini-batches per step (the line search uses '
+                        'the last one)')
+    return utils.finish_args(p.parse_args(argv))
+
+
+def groups_of(loader, k):
+    """Consecutive lists of k batches (the last list may be shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.amp == 'fp16':
+        raise utils.UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
+                              '--amp bf16 or off (not fp16 / --half)')
+    run = utils.prepare_subspace_run(args, 'pbfgs')
+    if run is None:
+        return
+    model, device = run.model, run.device
+    optimizer = dldr.PBFGS(dldr.trainable_params(model), run.basis.P, buffers=list(model.buffers()),
+                           alpha=args.alpha, gamma=args.gamma)
+
+    start = time.time()
+    steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
+    for epoch in range(args.start_epoch, args.epochs):
+        t0 = time.time()
+        model.train()
+        meter = utils.EpochMeter(device)
+        for group in utils.progress(groups_of(run.train_loader, args.accumulate), steps_per_epoch,
+                                    f'epoch {epoch + 1}', args.print_freq):
+            *earlier, (x, y) = group
+
+            def closure():
+                if not torch.is_grad_enabled():  # a line-search trial: loss on the last batch
+                    with utils.autocast(device, args.amp):
+                        return F.cross_entropy(model(x).float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                for xb, yb in earlier:
+                    with utils.autocast(device, args.amp):
+                        out = model(xb)
+                        loss = F.cross_entropy(out.float(), yb)
+                    (loss / len(group)).backward()
+                    meter.update(loss, out, yb)
+                with utils.autocast(device, args.amp):
+                    out = model(x)
+                    loss = F.cross_entropy(out.float(), y)
+                (loss / len(group)).backward()
+                meter.update(loss, out, y)
+                return loss
+
+            optimizer.step(closure)
+        stats = optimizer.reset_stats()
+        train_loss, train_acc = meter.result()
+        test_loss, test_acc = utils.evaluate(model, run.test_loader, device, args.amp)
+        seconds = time.time() - t0
+        mean_trials = stats['trials'] / max(stats['steps'], 1)
+        print(utils.epoch_line(epoch + 1, args.epochs, 1.0, train_loss, train_acc, test_loss, test_acc,
+                               seconds, f'  trials/step {mean_trials:.2f}  failed {stats["failed_searches"]}'
+                               f'  skipped {stats["nonfinite_skips"]}'), flush=True)
+        run.record.add_epoch({'epoch': epoch + 1, 'train_loss': train_loss, 'train_acc': train_acc,
+                              'test_loss': test_loss, 'test_acc': test_acc, 'seconds': seconds,
+                              'mean_trials': mean_trials, **stats})
+    utils.finish_subspace_run(run, start)
+
+
+if __name__ == '__main__':
+    utils.run_cli(main)

@@ -1,0 +1,66 @@
+"""P-SGD: SGD with momentum in the DLDR subspace of a sampled trajectory.
+
+Extracts the top-d principal directions P of snapshots params_start..params_end-1 (written by
+train_sgd.py), starts from snapshot params_start and replaces every gradient g by its projection
+PᵀP g, so every iterate stays in w_start + span(Pᵀ).
+
+    python -u train_psgd.py --epochs 40 --datasets CIFAR10 --lr 1 --params_start 0 --params_end 81 \
+        --batch-size 128 --n_components 40 --arch=resnet20 --save-dir=save_resnet20 |& tee -a log
+"""
+import time
+
+import torch
+
+import dldr
+import utils
+
+MILESTONES = (30, 50)  # x0.1, as the reference
+
+
+def parse_args(argv=None):
+    p = utils.make_parser(
+        'P-SGD: train in the d-dimensional DLDR subspace of a sampled trajectory. Gradients are '
+        'projected onto the subspace and SGD with momentum (MultiStepLR x0.1 at epochs 30 and 50) '
+        'steps on them. No weight decay: its gradient (wd * w) points out of the subspace, and '
+        'the reference uses none in this phase.',
+        epochs=40, lr=1.0, lr_help='learning rate of the subspace SGD')
+    utils.add_subspace_args(p)
+    return utils.finish_args(p.parse_args(argv))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run = utils.prepare_subspace_run(args, 'psgd')
+    if run is None:
+        return
+    model, device = run.model, run.device
+    params = dldr.trainable_params(model)
+    P = run.basis.P
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, MILESTONES, gamma=0.1)
+    scaler = utils.grad_scaler(args, device)
+
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        t0 = time.time()
+        lr = optimizer.param_groups[0]['lr']
+        train_loss, train_acc = utils.train_epoch(
+            model, run.train_loader, optimizer, device, amp=args.amp, scaler=scaler,
+            before_step=lambda: dldr.project_grads_(params, P),
+            desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped '
+                             f'(try a lower --lr)')
+        scheduler.step()
+        test_loss, test_acc = utils.evaluate(model, run.test_loader, device, args.amp)
+        seconds = time.time() - t0
+        print(utils.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss, test_acc,
+                               seconds), flush=True)
+        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss,
+                              'train_acc': train_acc, 'test_loss': test_loss, 'test_acc': test_acc,
+                              'seconds': seconds})
+    utils.finish_subspace_run(run, start)
+
+
+if __name__ == '__main__':
+    utils.run_cli(main)
