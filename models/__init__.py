@@ -6,7 +6,9 @@ scripts, tests and the ``--help`` text all read it.
 """
 from types import MappingProxyType
 
-from . import resnet_cifar
+from . import (attention, densenet, efficientnet, googlenet, inception_v3, inception_v4, mobilenet, nasnet,
+               preact_resnet, resnet, resnet_cifar, resnext, senet, shufflenet, squeezenet, stochastic_depth,
+               vgg, wide_resnet, xception)
 
 ARCHS = MappingProxyType({
     # CIFAR ResNets (He et al. 2016, option-A shortcuts)
@@ -17,6 +19,52 @@ ARCHS = MappingProxyType({
     'resnet56': resnet_cifar.resnet56,
     'resnet110': resnet_cifar.resnet110,
     'resnet1202': resnet_cifar.resnet1202,
+    # CIFAR-100 zoo of the DLDR paper (names as in weiaicunzai/pytorch-cifar100)
+    'vgg11': vgg.vgg11,
+    'vgg13': vgg.vgg13,
+    'vgg16': vgg.vgg16,
+    'vgg19': vgg.vgg19,
+    'resnet18': resnet.resnet18,
+    'resnet34': resnet.resnet34,
+    'resnet50': resnet.resnet50,
+    'resnet101': resnet.resnet101,
+    'resnet152': resnet.resnet152,
+    'preactresnet18': preact_resnet.preactresnet18,
+    'preactresnet34': preact_resnet.preactresnet34,
+    'preactresnet50': preact_resnet.preactresnet50,
+    'preactresnet101': preact_resnet.preactresnet101,
+    'preactresnet152': preact_resnet.preactresnet152,
+    'seresnet18': senet.seresnet18,
+    'seresnet34': senet.seresnet34,
+    'seresnet50': senet.seresnet50,
+    'seresnet101': senet.seresnet101,
+    'seresnet152': senet.seresnet152,
+    'resnext50': resnext.resnext50,
+    'resnext101': resnext.resnext101,
+    'resnext152': resnext.resnext152,
+    'wideresnet': wide_resnet.wideresnet,
+    'stochasticdepth18': stochastic_depth.stochasticdepth18,
+    'stochasticdepth34': stochastic_depth.stochasticdepth34,
+    'stochasticdepth50': stochastic_depth.stochasticdepth50,
+    'stochasticdepth101': stochastic_depth.stochasticdepth101,
+    'densenet121': densenet.densenet121,
+    'densenet161': densenet.densenet161,
+    'densenet169': densenet.densenet169,
+    'densenet201': densenet.densenet201,
+    'googlenet': googlenet.googlenet,
+    'inceptionv3': inception_v3.inceptionv3,
+    'inceptionv4': inception_v4.inceptionv4,
+    'inceptionresnetv2': inception_v4.inceptionresnetv2,
+    'xception': xception.xception,
+    'mobilenet': mobilenet.mobilenet,
+    'mobilenetv2': mobilenet.mobilenetv2,
+    'shufflenet': shufflenet.shufflenet,
+    'shufflenetv2': shufflenet.shufflenetv2,
+    'squeezenet': squeezenet.squeezenet,
+    'nasnet': nasnet.nasnet,
+    'efficientnet': efficientnet.efficientnet,
+    'attention56': attention.attention56,
+    'attention92': attention.attention92,
 })
 
 

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Experiment sequences of the DLDR paper, each step's log tee'd to log_<arch>.
+#
+#   bash run.sh              CIFAR-10 ResNet20: SGD 150 epochs -> P-BFGS 40-D (20 epochs) -> P-SGD 40-D (40 epochs)
+#   bash run.sh labelnoise   the same with 20% label noise (C=0.4 bash run.sh labelnoise for another level)
+#   bash run.sh cifar100     the CIFAR-100 table: per architecture SGD 200 epochs, then 40-D P-SGD
+#                            from the first 50 and the first 100 epochs' snapshots
+#   bash run.sh demo         the whole sequence on the offline synthetic dataset, on a CPU in a few
+#                            minutes, ending with a table of results
+#
+# Extra flags after the mode go to every script, e.g. `bash run.sh cifar10 --data-dir /data --amp bf16`.
+set -euo pipefail
+cd "$(dirname "$0")"
+mode=${1:-cifar10}
+shift || true
+py="python -u"
+
+cifar10() {  # $1: label-noise level
+    local c=$1 model=resnet20 dir="save_labelnoise${1}_resnet20"
+    $py train_sgd.py --datasets CIFAR10 --lr 0.1 --corrupt "$c" --arch=$model --epochs=150 --save-dir="$dir" "${@:2}" |& tee -a log_$model
+    $py train_pbfgs.py --epochs 20 --datasets CIFAR10 --corrupt "$c" --params_start 0 --params_end 81 --batch-size 1024 --n_components 40 --arch=$model --save-dir="$dir" "${@:2}" |& tee -a log_$model
+    $py train_psgd.py --epochs 40 --datasets CIFAR10 --lr 1 --corrupt "$c" --params_start 0 --params_end 81 --batch-size 128 --n_components 40 --arch=$model --save-dir="$dir" "${@:2}" |& tee -a log_$model
+}
+
+cifar100() {
+    for model in vgg11 efficientnet mobilenet densenet121 inceptionv3 xception googlenet shufflenetv2 squeezenet seresnet18 nasnet; do
+        $py train_sgd.py --datasets CIFAR100 --lr 0.1 --arch=$model --epochs=200 --save-dir=save_cifar100_$model "$@" |& tee -a log_cifar100_$model
+        for end in 51 101; do
+            $py train_psgd.py --epochs 40 --datasets CIFAR100 --lr 1 --params_start 0 --params_end $end --batch-size 128 --n_components 40 --arch=$model --save-dir=save_cifar100_$model "$@" |& tee -a log_cifar100_$model
+        done
+    done
+}
+
+demo() {
+    # ResNet20 on 5,000 synthetic images: 10 SGD epochs sample 11 snapshots (0..10), then 10-D
+    # subspace training from snapshot 0.  runs/demo is the demo's own folder: it is replaced.
+    local dir=runs/demo common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0 --overwrite"
+    mkdir -p runs
+    $py train_sgd.py $common --lr 0.1 --epochs 10 --save-dir $dir "$@" |& tee runs/demo.log
+    $py train_psgd.py $common --lr 1 --epochs 4 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
+    $py train_pbfgs.py $common --epochs 3 --batch-size 512 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
+    python - "$dir" <<'EOF'
+import glob, json, os, sys
+rows = []
+for path in sorted(glob.glob(os.path.join(sys.argv[1], 'metrics_*.json')), key=os.path.getmtime):
+    m = json.load(open(path))
+    dim = m['basis']['n_components'] if 'basis' in m else m['n_parameters']
+    rows.append((m['method'].upper().replace('PSGD', 'P-SGD').replace('PBFGS', 'P-BFGS'), dim,
+                 len(m['epochs']), m['final_test_acc'], m['best_test_acc'], m.get('seconds', 0)))
+print(f"\n{'method':8} {'dimension':>10} {'epochs':>6} {'final acc':>9} {'best acc':>9} {'seconds':>8}")
+for r in rows:
+    print(f'{r[0]:8} {r[1]:>10} {r[2]:>6} {r[3]:>9.2f} {r[4]:>9.2f} {r[5]:>8.0f}')
+EOF
+}
+
+case "$mode" in
+    cifar10) cifar10 0 "$@" ;;
+    labelnoise) cifar10 "${C:-0.2}" "$@" ;;
+    cifar100) cifar100 "$@" ;;
+    demo) demo "$@" ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo] [extra flags]" >&2; exit 2 ;;
+esac
