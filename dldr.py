@@ -72,7 +72,7 @@ def set_flat_grad_(params: Sequence[Tensor], vec: Tensor) -> None:
 # Algorithm 1: the basis
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Basis:
     """Result of :func:`dldr_basis`.
 
@@ -271,8 +271,11 @@ class PBFGS(torch.optim.Optimizer):
     If the loss or the gradient at w is non-finite the whole step is skipped: weights unchanged,
     buffers restored to their values before the step, B reset to I and g~_prev, s forgotten
     (``stats['nonfinite_skips']``).  Trials never change anything but their returned loss:
-    weights and ``buffers`` (BatchNorm running statistics) are restored bit-exactly after each.
+    ``buffers`` (BatchNorm running statistics) are restored bit-exactly after each trial, and the
+    weights end bit-exactly at w (+ the residual momentum term) or at the accepted trial point.
 
+    ``stats`` counts ``steps``, ``trials`` (closure evaluations in line searches),
+    ``failed_searches`` and ``nonfinite_skips`` since the last :meth:`reset_stats`.
     ``params`` must be ordered as the flat vectors P was built from (:func:`trainable_params`).
     The state (B, g~_prev, s, M) lives in ``self.state`` and survives ``state_dict()`` /
     ``load_state_dict()``; P itself is not saved.  B and the d-vectors are float64 on P's device:
@@ -367,7 +370,11 @@ class PBFGS(torch.optim.Optimizer):
 
     def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor,
                      slope: Tensor) -> tuple[float, Tensor]:
-        """Backtracking Armijo search along w + α direction; returns (α, new w), (0, w) on failure."""
+        """Backtracking Armijo search along w + α direction; returns (α, new w), (0, w) on failure.
+
+        Every trial point is computed from the saved w (no drift) and the buffers are restored after
+        each trial; the caller writes the returned weights.
+        """
         group = self.param_groups[0]
         buffers = [b.clone() for b in self._buffers]
         step_size = 1.0
@@ -375,7 +382,6 @@ class PBFGS(torch.optim.Optimizer):
             trial = torch.add(w, direction, alpha=step_size)
             set_flat_params_(self._params, trial)
             trial_loss = closure()
-            set_flat_params_(self._params, w)
             _copy_all_(self._buffers, buffers)
             self.stats['trials'] += 1
             if bool(_as_float64(trial_loss, w.device) < loss + group['sigma'] * step_size * slope):

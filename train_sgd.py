@@ -7,6 +7,7 @@ epoch k: the snapshots from which train_psgd.py / train_pbfgs.py extract the sub
         --save-dir=save_resnet20 |& tee -a log_resnet20
 """
 import glob
+import math
 import os
 import re
 import time
@@ -22,6 +23,7 @@ MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,)}
 # Flags that define a trajectory: resuming with other values would mix two runs.
 TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
                    'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last')
+CHECKPOINT_KEYS = {'epoch', 'args', 'best_acc', 'epochs', 'model', 'optimizer', 'scheduler', 'rng'}
 
 
 def parse_args(argv=None):
@@ -65,26 +67,33 @@ def main(argv=None):
     metrics_path = os.path.join(args.save_dir, 'metrics_sgd.json')
     ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
 
-    checkpoint = None
+    checkpoint, earlier = None, []
     if args.resume:
         checkpoint = utils.load_file(resume_path(args), 'checkpoint')
+        if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
+            raise utils.UserError(f'{resume_path(args)} is not a full checkpoint of train_sgd.py '
+                                  f'(a snapshot k.pt holds only weights): use checkpoint.pt or '
+                                  f'checkpoint_<epoch>.pt')
         changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)]
         if changed:
             k = changed[0]
             raise utils.UserError(f'cannot resume {resume_path(args)}: it was run with --{k} '
                                   f'{checkpoint["args"].get(k)!r}, not {getattr(args, k)!r}')
+        elsewhere = (os.path.realpath(os.path.dirname(os.path.abspath(resume_path(args))))
+                     != os.path.realpath(args.save_dir))
+        if elsewhere and run_files(args.save_dir) and not args.overwrite:
+            raise utils.UserError(f'{args.save_dir} already holds a trajectory and '
+                                  f'{resume_path(args)} is from another folder: resuming would mix '
+                                  f'two runs; pass --overwrite to continue there anyway')
     elif not args.evaluate:
         earlier = run_files(args.save_dir)
         if earlier and not args.overwrite:
             raise utils.UserError(f'{args.save_dir} already holds a trajectory ({len(earlier)} files, '
                                   f'e.g. {os.path.basename(earlier[0])}); pass --resume auto to '
                                   f'continue it, --overwrite to replace it, or another --save-dir')
-        for path in earlier:
-            os.remove(path)
-        if earlier:
-            print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
 
     data = utils.load_data(args)
+    noise = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)
     model = utils.build_model(args, data, device)
     optimizer = make_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args), gamma=0.1)
@@ -104,6 +113,11 @@ def main(argv=None):
         scheduler.load_state_dict(checkpoint['scheduler'])
         if scaler is not None and checkpoint.get('scaler'):
             scaler.load_state_dict(checkpoint['scaler'])
+        saved = checkpoint.get('label_noise')  # the indices the trajectory was trained with
+        if saved is not None and not torch.equal(saved, noise):
+            raise utils.UserError(f'cannot resume {resume_path(args)}: its label-noise indices differ '
+                                  f'from the ones --corrupt {args.corrupt} draws now (changed data or '
+                                  f'code?); resuming would mix two runs')
         generator.set_state(checkpoint['rng']['data'])
         torch.set_rng_state(checkpoint['rng']['torch'])
         if device.type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
@@ -111,6 +125,9 @@ def main(argv=None):
         args.start_epoch = checkpoint['epoch']
         best = checkpoint['best_acc']
         record.data['epochs'] = checkpoint['epochs']
+        if record.data['epochs']:
+            record.data['final_test_acc'] = record.data['epochs'][-1]['test_acc']
+            record.data['best_test_acc'] = max(r['test_acc'] for r in record.data['epochs'])
         print(f'resumed from {resume_path(args)} at epoch {args.start_epoch}')
 
     print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {device}; '
@@ -121,6 +138,11 @@ def main(argv=None):
         loss, acc = utils.evaluate(model, test_loader, device, args.amp)
         print(f'test loss {loss:.4f} acc {acc:.2f}%')
         return
+
+    for path in earlier:  # --overwrite: only now that the new run is set up
+        os.remove(path)
+    if earlier:
+        print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
 
     if args.start_epoch == 0:
         utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, 0))
@@ -136,12 +158,16 @@ def main(argv=None):
         train_loss, train_acc = utils.train_epoch(
             model, train_loader, optimizer, device, amp=args.amp, scaler=scaler,
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
-        if not torch.isfinite(torch.tensor(train_loss)):
-            raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped. The last '
-                             f'good snapshot is {utils.snapshot_path(args.save_dir, epoch)} (try a '
-                             f'lower --lr)')
         scheduler.step()
         test_loss, test_acc = utils.evaluate(model, test_loader, device, args.amp)
+        broken = [k for k, v in model.state_dict().items()
+                  if v.is_floating_point() and not torch.isfinite(v).all()]
+        if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or broken:
+            what = (f'weights ({broken[0]})' if broken else
+                    'training loss' if not math.isfinite(train_loss) else 'test loss')
+            raise SystemExit(f'error: non-finite {what} in epoch {epoch + 1}; stopped. The last '
+                             f'good snapshot is {utils.snapshot_path(args.save_dir, epoch)} (try a '
+                             f'lower --lr)')
         best = max(best, test_acc)
         seconds = time.time() - t0
         print(utils.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss, test_acc,
@@ -156,6 +182,7 @@ def main(argv=None):
             'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
             'rng': {'data': generator.get_state(), 'torch': torch.get_rng_state(),
                     'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None},
+            'label_noise': noise,
         }
         utils.save_tensors(checkpoint, ckpt_path)
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:

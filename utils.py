@@ -166,6 +166,10 @@ def finish_args(args):
     if hasattr(args, 'params_end') and args.params_end <= args.params_start:
         raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
                         f'({args.params_start}): snapshots params_start..params_end-1 are used')
+    if hasattr(args, 'n_components') and args.n_components >= args.params_end - args.params_start:
+        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
+                        f'snapshots ({args.params_end - args.params_start}: {args.params_start}..'
+                        f'{args.params_end - 1}): a centred trajectory of t snapshots has rank <= t-1')
     return args
 
 
@@ -450,6 +454,9 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -486,7 +493,8 @@ def load_file(path, what='file', mmap=False):
 
 def strip_module_prefix(state_dict):
     """Drop the ``module.`` prefix that (Distributed)DataParallel adds (reference trajectories)."""
-    if all(k.startswith('module.') for k in state_dict):
+    if isinstance(state_dict, dict) and state_dict and all(
+            isinstance(k, str) and k.startswith('module.') for k in state_dict):
         return {k[len('module.'):]: v for k, v in state_dict.items()}
     return state_dict
 
@@ -502,9 +510,12 @@ def check_state_dict(state, model, path):
         raise UserError(f'{path} is not a state_dict')
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
-    bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or extra or bad:
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    bad = [k for k in expected if k in state and k not in not_tensors
+           and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or not_tensors or bad:
         detail = (f'missing {missing[:2]}' if missing else f'unexpected {extra[:2]}' if extra else
+                  f'{not_tensors[0]} is not a tensor' if not_tensors else
                   f'{bad[0]} has shape {tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}')
         raise UserError(f'{path} does not fit this model (another arch or class count?): {detail}')
 
@@ -746,6 +757,8 @@ def prepare_subspace_run(args, method):
     tag = subspace_tag(method, args)
     model_path = os.path.join(args.save_dir, f'{tag}.pt')
     metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
+    if not args.evaluate:
+        refuse_overwrite([model_path, metrics_path], args)
     data = load_data(args)
     model = build_model(args, data, device)
     if args.evaluate:
@@ -753,7 +766,6 @@ def prepare_subspace_run(args, method):
         loss, acc = evaluate(model, make_loaders(data, args, device, None)[1], device, args.amp)
         print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%')
         return None
-    refuse_overwrite([model_path, metrics_path], args)
     basis, info = extract_basis(args, model, device)
     generator = torch.Generator().manual_seed(args.randomseed)
     train_loader, test_loader = make_loaders(data, args, device, generator)

@@ -22,7 +22,7 @@ class StochasticDepthMixin:
         shortcut = self.shortcut(x)
         if not self.training:
             return F.relu(self.survival * self.residual(x) + shortcut)
-        if torch.rand(()) < self.survival:
+        if torch.rand((), device='cpu') < self.survival:  # CPU draw: no device sync on a GPU
             return F.relu(self.residual(x) + shortcut)
         return F.relu(shortcut)
 

@@ -63,10 +63,10 @@ class RecordingSnapshot:
         return self.data[index]
 
 
-def logistic_problem(seed=0, batchnorm=False):
-    """A small convex classification problem: (model, closure factory, data)."""
+def logistic_problem(seed=0, batchnorm=False, x_scale=1.0):
+    """A small convex classification problem: (model, inputs, labels)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 10, generator=g)
+    x = x_scale * torch.randn(64, 10, generator=g)
     y = torch.randint(0, 3, (64,), generator=g)
     torch.manual_seed(seed)
     layers = [nn.BatchNorm1d(10, affine=False)] if batchnorm else []
@@ -74,11 +74,12 @@ def logistic_problem(seed=0, batchnorm=False):
     return model, x, y
 
 
-def make_closure(model, x, y, optimizer_ref):
+def make_closure(model, x, y):
+    """The closure convention of PBFGS.step for cross-entropy on one batch."""
     def closure():
         loss = F.cross_entropy(model(x), y)
         if torch.is_grad_enabled():
-            optimizer_ref[0].zero_grad()
+            model.zero_grad()
             loss.backward()
         return loss
     return closure
@@ -271,14 +272,13 @@ def test_psgd_iterates_stay_in_affine_subspace():
 # ---------------------------------------------------------------------------------------------
 
 def test_pbfgs_two_steps_match_hand_computation():
-    model, x, y = logistic_problem(seed=0)
+    model, x, y = logistic_problem(seed=0, x_scale=5.0)  # strong curvature: the first step backtracks
     params = dldr.trainable_params(model)
     n, d, sigma, rho = 33, 4, 0.4, 0.4
     P = random_orthonormal_rows(d, n, seed=0)
     Pn = P.double().numpy()
-    ref = [None]
-    optimizer = ref[0] = dldr.PBFGS(params, P, sigma=sigma, rho=rho)
-    closure = make_closure(model, x, y, ref)
+    optimizer = dldr.PBFGS(params, P, sigma=sigma, rho=rho)
+    closure = make_closure(model, x, y)
 
     def check_armijo_step(w_before, w_after, g_tilde, B):
         """The step is α p with p = -B g~, α = ρ^k the first step length satisfying Armijo."""
@@ -289,18 +289,21 @@ def test_pbfgs_two_steps_match_hand_computation():
         assert step_size == pytest.approx(rho ** k, rel=1e-4)
         np.testing.assert_allclose(s, rho ** k * p, rtol=1e-4, atol=1e-7)
         f0 = loss_and_grad(model, x, y, torch.from_numpy(w_before).float())[0]
-        f_at = lambda a: loss_and_grad(model, x, y, torch.from_numpy(w_before + a * Pn.T @ p).float())[0]
+
+        def f_at(a):
+            return loss_and_grad(model, x, y, torch.from_numpy(w_before + a * Pn.T @ p).float())[0]
+
         slope = g_tilde @ p
         assert f_at(rho ** k) < f0 + sigma * rho ** k * slope
         for j in range(k):
             assert f_at(rho ** j) >= f0 + sigma * rho ** j * slope
-        return s
+        return s, k
 
     w0 = dldr.flat_params(params).double().numpy()
     g_tilde0 = Pn @ loss_and_grad(model, x, y, dldr.flat_params(params))[1].double().numpy()
     optimizer.step(closure)
     w1 = dldr.flat_params(params).double().numpy()
-    s0 = check_armijo_step(w0, w1, g_tilde0, np.eye(d))
+    s0, k0 = check_armijo_step(w0, w1, g_tilde0, np.eye(d))
     np.testing.assert_array_equal(optimizer.state[params[0]]['B'].numpy(), np.eye(d))
 
     g_tilde1 = Pn @ loss_and_grad(model, x, y, dldr.flat_params(params))[1].double().numpy()
@@ -314,6 +317,7 @@ def test_pbfgs_two_steps_match_hand_computation():
     assert B.dtype == F64
     np.testing.assert_allclose(B.numpy(), B_expected, rtol=1e-4, atol=1e-6)
     check_armijo_step(w1, w2, g_tilde1, B_expected)
+    assert k0 >= 1  # the backtracking branch was exercised
     assert optimizer.stats['steps'] == 2 and optimizer.stats['failed_searches'] == 0
 
 
@@ -412,9 +416,8 @@ def test_pbfgs_nonfinite_step_is_skipped_and_resets_curvature(where):
     params = dldr.trainable_params(model)
     buffers = list(model.buffers())
     P = random_orthonormal_rows(4, 33, seed=1)
-    ref = [None]
-    optimizer = ref[0] = dldr.PBFGS(params, P, buffers=buffers, alpha=0.1)
-    good = make_closure(model, x, y, ref)
+    optimizer = dldr.PBFGS(params, P, buffers=buffers, alpha=0.1)
+    good = make_closure(model, x, y)
     optimizer.step(good)
     optimizer.step(good)
     state = optimizer.state[params[0]]
@@ -454,9 +457,8 @@ def test_pbfgs_residual_momentum_matches_formula():
     for a in (0.0, alpha):
         model, x, y = logistic_problem(seed=4)
         params = dldr.trainable_params(model)
-        ref = [None]
-        optimizer = ref[0] = dldr.PBFGS(params, P, alpha=a, gamma=gamma)
-        closure = make_closure(model, x, y, ref)
+        optimizer = dldr.PBFGS(params, P, alpha=a, gamma=gamma)
+        closure = make_closure(model, x, y)
         w = [dldr.flat_params(params).double().numpy()]
         grads = []
         for _ in range(2):
@@ -471,7 +473,8 @@ def test_pbfgs_residual_momentum_matches_formula():
     np.testing.assert_allclose(w_mom[1], w_plain[1] - alpha * residual[0], atol=1e-6)
     # step 2: the part outside the subspace is -alpha * M_2, M_2 = gamma r_1 + r_2
     move = w_mom[2] - w_mom[1]
-    np.testing.assert_allclose(move - Pn.T @ (Pn @ move), -alpha * (gamma * residual[0] + residual[1]), atol=1e-6)
+    np.testing.assert_allclose(move - Pn.T @ (Pn @ move), -alpha * (gamma * residual[0] + residual[1]),
+                               atol=1e-6)
     np.testing.assert_allclose(mom.state[mom._params[0]]['residual_momentum'].numpy(),
                                gamma * residual[0] + residual[1], atol=1e-6)
     assert 'residual_momentum' not in plain.state[plain._params[0]]
@@ -481,10 +484,9 @@ def test_pbfgs_residual_momentum_matches_formula():
 def test_pbfgs_state_dict_round_trip():
     def setup():
         model, x, y = logistic_problem(seed=5)
-        params = dldr.trainable_params(model)
-        ref = [None]
-        ref[0] = dldr.PBFGS(params, random_orthonormal_rows(4, 33, seed=5), alpha=0.1)
-        return model, ref[0], make_closure(model, x, y, ref)
+        P = random_orthonormal_rows(4, 33, seed=5)
+        optimizer = dldr.PBFGS(dldr.trainable_params(model), P, alpha=0.1)
+        return model, optimizer, make_closure(model, x, y)
 
     model_a, opt_a, closure_a = setup()
     for _ in range(3):
@@ -511,9 +513,8 @@ def test_pbfgs_stats_reset_and_argument_checks():
     model, x, y = logistic_problem(seed=6)
     params = dldr.trainable_params(model)
     P = random_orthonormal_rows(3, 33, seed=6)
-    ref = [None]
-    optimizer = ref[0] = dldr.PBFGS(params, P)
-    optimizer.step(make_closure(model, x, y, ref))
+    optimizer = dldr.PBFGS(params, P)
+    optimizer.step(make_closure(model, x, y))
     stats = optimizer.reset_stats()
     assert stats['steps'] == 1 and stats['trials'] >= 1
     assert optimizer.stats == dict.fromkeys(dldr.STAT_KEYS, 0)

@@ -1,0 +1,224 @@
+"""End to end: the reference command lines of train_sgd.py, train_psgd.py and train_pbfgs.py on
+the offline synthetic dataset at small sizes, checked against the files they write and against an
+independent numpy SVD of the snapshots; ``--help`` of every script.
+
+The SGD trajectory is produced once per session (see :func:`shared_sgd_run`) and shared with
+``test_reliability.py``; tests that write copy it first.
+"""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import models  # noqa: E402
+import utils  # noqa: E402
+
+# Small sizes: 500 training images, a few mini-batches per epoch, no progress lines.
+SMALL = ['--smalldatasets', '0.05', '-p', '0']
+# The reference SGD command (+ small sizes, --deterministic for bit-exact resumes).
+SGD_ARGS = ['--datasets', 'synthetic', '--lr', '0.1', '--corrupt', '0.2', '--arch=resnet8',
+            '--epochs=2', '--deterministic', *SMALL]
+PSGD_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '1', '--corrupt', '0.2',
+             '--params_start', '0', '--params_end', '3', '--batch-size', '128', '--n_components', '2',
+             '--arch=resnet8', *SMALL]
+PBFGS_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--corrupt', '0.2', '--params_start', '0',
+              '--params_end', '3', '--batch-size', '256', '--n_components', '2', '--arch=resnet8', *SMALL]
+
+
+def run(script, *args, timeout=300):
+    """Run ``script`` (a file in the repository root) with ``args`` in a fresh interpreter."""
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def shared_sgd_run(tmp_path_factory):
+    """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
+
+    Kept identical in test_reliability.py: whichever module runs first trains, the other reuses
+    the folder (keyed by the flags).  Callers must not write into it.
+    """
+    key = hashlib.sha1(' '.join(SGD_ARGS).encode()).hexdigest()[:10]
+    folder = tmp_path_factory.getbasetemp() / f'shared_sgd_{key}'
+    done = folder.with_name(folder.name + '.done.json')
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}')
+        assert proc.returncode == 0, proc.stderr
+        done.write_text(json.dumps({'stdout': proc.stdout, 'stderr': proc.stderr}))
+    return folder, json.loads(done.read_text())
+
+
+@pytest.fixture(scope='session')
+def sgd_run(tmp_path_factory):
+    return shared_sgd_run(tmp_path_factory)
+
+
+def file_state(folder):
+    """{name: sha1 of the bytes} of every file in ``folder``: to show nothing changed."""
+    return {name: hashlib.sha1((folder / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(folder)) if (folder / name).is_file()}
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def flat_snapshot(path, model):
+    """Trainable parameters of a snapshot file, flattened in named_parameters() order (float64)."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    return np.concatenate([state[name].double().reshape(-1).numpy()
+                           for name, p in model.named_parameters() if p.requires_grad])
+
+
+# ------------------------------------------------------------------------------------ SGD
+
+def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
+    folder, _ = sgd_run
+    for k in range(3):
+        state = torch.load(folder / f'{k}.pt', map_location='cpu', weights_only=True)
+        utils.check_state_dict(state, models.get_model('resnet8'), f'{k}.pt')
+    assert not (folder / '3.pt').exists()
+    assert not any(name.endswith('.tmp') for name in os.listdir(folder))
+
+    metrics = json.loads((folder / 'metrics_sgd.json').read_text())
+    rows = metrics['epochs']
+    assert [r['epoch'] for r in rows] == [1, 2]
+    for row in rows:
+        assert {'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds'} <= row.keys()
+        assert 0 <= row['test_acc'] <= 100 and np.isfinite(row['train_loss'])
+    assert metrics['final_test_acc'] == rows[-1]['test_acc']
+    assert metrics['best_test_acc'] == max(r['test_acc'] for r in rows)
+    args = metrics['args']
+    assert (args['lr'], args['corrupt'], args['arch'], args['epochs']) == (0.1, 0.2, 'resnet8', 2)
+    assert metrics['n_train'] == 500 and metrics['n_corrupted'] == 100
+
+    noise = json.loads((folder / 'label_noise.json').read_text())
+    indices = noise['indices']
+    assert len(indices) == round(0.2 * metrics['n_train']) == 100
+    assert indices == sorted(set(indices)) and 0 <= indices[0] and indices[-1] < 500
+    # the rolling checkpoint carries the same indices (verified again on --resume)
+    checkpoint = torch.load(folder / 'checkpoint.pt', map_location='cpu', weights_only=True)
+    assert checkpoint['label_noise'].tolist() == indices and checkpoint['epoch'] == 2
+
+
+# ------------------------------------------------------------------------------------ subspace runs
+
+@pytest.fixture(scope='module')
+def subspace_run(sgd_run, tmp_path_factory):
+    """P-SGD and P-BFGS (the reference command lines) on a copy of the shared trajectory."""
+    folder = tmp_path_factory.mktemp('subspace') / 'save'
+    shutil.copytree(sgd_run[0], folder)
+    with ThreadPoolExecutor(2) as pool:  # two interpreters: their start-ups overlap
+        psgd = pool.submit(run, 'train_psgd.py', *PSGD_ARGS, f'--save-dir={folder}')
+        pbfgs = pool.submit(run, 'train_pbfgs.py', *PBFGS_ARGS, f'--save-dir={folder}')
+        psgd, pbfgs = psgd.result(), pbfgs.result()
+    assert psgd.returncode == 0, psgd.stderr
+    assert pbfgs.returncode == 0, pbfgs.stderr
+    return folder, psgd, pbfgs
+
+
+def numpy_basis(folder, start, end):
+    """Explained-variance ratios and singular values of the centred snapshots, by numpy SVD."""
+    model = models.get_model('resnet8')
+    X = np.stack([flat_snapshot(folder / f'{k}.pt', model) for k in range(start, end)])
+    W = X - X.mean(axis=0)
+    S = np.linalg.svd(W, compute_uv=False)
+    return S ** 2 / (S ** 2).sum(), S, X, W
+
+
+@pytest.mark.parametrize('method', ['psgd', 'pbfgs'])
+def test_subspace_run_files_basis_and_iterates(subspace_run, method):
+    folder, psgd, pbfgs = subspace_run
+    proc = psgd if method == 'psgd' else pbfgs
+    metrics = json.loads((folder / f'metrics_{method}_d2_0-3.json').read_text())
+    basis = metrics['basis']
+    assert basis['snapshots'] == [0, 3] and basis['n_components'] == 2
+    ratio, singular, X, W = numpy_basis(folder, 0, 3)
+    np.testing.assert_allclose(basis['explained_variance_ratio'], ratio[:2], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(basis['singular_values'], singular[:2], rtol=1e-5)
+    assert 'explained variance ratio' in proc.stdout
+
+    rows = metrics['epochs']
+    assert len(rows) == 1 and metrics['final_test_acc'] == rows[0]['test_acc']
+    assert metrics['n_corrupted'] == 100
+    if method == 'pbfgs':
+        assert rows[0]['steps'] == 2 and rows[0]['nonfinite_skips'] == 0  # 500 images / 256
+        assert 1 <= rows[0]['mean_trials'] <= 20
+        assert 'trials/step' in proc.stdout and 'skipped 0' in proc.stdout
+
+    # the final model: loadable, finite, and w_final - w_0 in the span of the centred snapshots
+    model = models.get_model('resnet8')
+    utils.load_snapshot(str(folder / f'{method}_d2_0-3.pt'), model)
+    w = flat_snapshot(folder / f'{method}_d2_0-3.pt', model)
+    assert np.isfinite(w).all()
+    delta = w - X[0]
+    Q = np.linalg.svd(W.T, full_matrices=False)[0][:, :2]  # 2 = rank of 3 centred snapshots
+    if method == 'psgd' or rows[0]['failed_searches'] < rows[0]['steps']:
+        assert np.linalg.norm(delta) > 0  # it moved
+    assert np.linalg.norm(delta - Q @ (Q.T @ delta)) <= 1e-4 * np.linalg.norm(delta)
+
+
+def test_rerunning_psgd_refuses_without_overwrite(subspace_run):
+    # (that --overwrite lets the rerun through is checked in-process in test_reliability.py)
+    folder = subspace_run[0]
+    before = file_state(folder)
+    proc = run('train_psgd.py', *PSGD_ARGS, f'--save-dir={folder}')
+    assert_one_line_error(proc, 'already exists', '--overwrite')
+    assert file_state(folder) == before
+
+
+# ------------------------------------------------------------------------------------ --help
+
+class _Parsed(Exception):
+    pass
+
+
+def parser_flags(script, monkeypatch):
+    """Every option string the script's parser defines (captured in-process, not from --help)."""
+    module = __import__(script)
+
+    def capture(self, *args, **kwargs):
+        raise _Parsed(self)
+    monkeypatch.setattr(utils._Parser, 'parse_args', capture)
+    with pytest.raises(_Parsed) as info:
+        module.parse_args([])
+    return {s for action in info.value.args[0]._actions for s in action.option_strings}
+
+
+REFERENCE_FLAGS = {'--datasets', '--lr', '--corrupt', '--arch', '--epochs', '--save-dir',
+                   '--batch-size', '--resume', '--overwrite', '--deterministic', '--smalldatasets',
+                   '--randomseed', '--data-dir'}
+SUBSPACE_FLAGS = {'--params_start', '--params_end', '--n_components', '--pretrain-dir', '--alpha',
+                  '--gamma'}
+
+
+@pytest.mark.parametrize('script', ['train_sgd', 'train_psgd', 'train_pbfgs'])
+def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
+    # in-process (main(['--help']) is what `python script --help` runs): saves three start-ups
+    module = __import__(script)
+    with pytest.raises(SystemExit) as info:
+        utils.run_cli(lambda: module.main(['--help']))
+    assert info.value.code in (0, None)
+    out, err = capsys.readouterr()
+    assert err == '' and out.startswith('usage:')
+    flags = parser_flags(script, monkeypatch)
+    expected = REFERENCE_FLAGS | (SUBSPACE_FLAGS if script != 'train_sgd' else set())
+    expected |= {'--accumulate'} if script == 'train_pbfgs' else set()
+    assert expected <= flags, expected - flags
+    missing = [f for f in flags if f not in out]
+    assert not missing, missing

@@ -1,0 +1,453 @@
+"""Reliability of the three scripts: exact resume after a real SIGKILL, atomic files, safe loading,
+no mixing of trajectories, one-line errors (exit 2, no traceback, nothing deleted) and non-finite
+losses.
+
+Real subprocesses where the process boundary is the point (the killed run, its resume, a crafted
+unsafe file); the error table runs ``main(argv)`` in-process through ``utils.run_cli`` (what the
+scripts' ``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter
+start-ups would cost more than this whole file.
+"""
+import dataclasses
+import importlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_cli import (ROOT, SGD_ARGS, SMALL, assert_one_line_error, file_state,  # noqa: E402
+                      run, shared_sgd_run)
+
+import models  # noqa: E402
+import utils  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def sgd_run(tmp_path_factory):
+    """The SGD_ARGS trajectory (shared with test_cli.py: trained once per session)."""
+    return shared_sgd_run(tmp_path_factory)
+
+
+@pytest.fixture
+def trajectory(sgd_run, tmp_path):
+    """A private copy of the shared trajectory (0.pt .. 2.pt, checkpoints, JSON)."""
+    folder = tmp_path / 'run'
+    shutil.copytree(sgd_run[0], folder)
+    return folder
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_identical(a, b, where='root'):
+    """Nested dicts / lists of tensors and plain values are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f'{where}.{k}')
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, (where, a, b)
+
+
+def without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in rows]
+
+
+# ----------------------------------------------------------------------------- in-process CLI
+
+@pytest.fixture(scope='module')
+def synthetic():
+    return utils.make_synthetic()
+
+
+class InProcessCLI:
+    """``script.main(argv)`` under ``utils.run_cli`` with the captured stdout/stderr."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def fail(self, script, *argv):
+        """Run a command that must stop: returns (exit code, stdout, stderr)."""
+        module = importlib.import_module(script)
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            utils.run_cli(lambda: module.main([str(a) for a in argv]))
+        out, err = self.capsys.readouterr()
+        return info.value.code, out, err
+
+    def ok(self, script, *argv):
+        """Run a command that must succeed: returns its stdout."""
+        module = importlib.import_module(script)
+        self.capsys.readouterr()
+        module.main([str(a) for a in argv])
+        return self.capsys.readouterr().out
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, synthetic):
+    monkeypatch.setattr(utils, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))
+    # main() seeds the global RNGs and may switch on deterministic algorithms: give them back
+    torch_rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
+    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    yield InProcessCLI(capsys)
+    torch.set_rng_state(torch_rng)
+    np.random.set_state(numpy_rng)
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = benchmark
+
+
+def assert_user_error(result, *fragments):
+    code, _, err = result
+    assert code == 2, (code, err)
+    assert 'Traceback' not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- 1. resume
+
+def test_resume_after_sigkill_matches_uninterrupted_run(sgd_run, tmp_path):
+    reference = sgd_run[0]
+    folder = tmp_path / 'killed'
+    with open(tmp_path / 'killed.log', 'w') as log:
+        proc = subprocess.Popen([sys.executable, 'train_sgd.py', *SGD_ARGS, f'--save-dir={folder}'],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not (folder / 'checkpoint.pt').exists():  # written (atomically) after epoch 1
+            assert proc.poll() is None, (tmp_path / 'killed.log').read_text()
+            assert time.time() < deadline, 'no checkpoint.pt after 240 s'
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (folder / '2.pt').exists(), 'the run ended before the kill: nothing was tested'
+    for name in os.listdir(folder):  # whatever the kill interrupted, no final name is truncated
+        if name.endswith('.pt') and not name.startswith('.'):
+            load(folder / name)
+
+    proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}', '--resume', 'auto')
+    assert proc.returncode == 0, proc.stderr
+    assert 'resumed from' in proc.stdout and 'at epoch 1' in proc.stdout
+
+    for k in range(3):
+        assert_identical(load(folder / f'{k}.pt'), load(reference / f'{k}.pt'), f'{k}.pt')
+    assert not (folder / '3.pt').exists()
+    got, want = load(folder / 'checkpoint.pt'), load(reference / 'checkpoint.pt')
+    for key in ('epoch', 'best_acc', 'model', 'optimizer', 'scheduler', 'rng', 'label_noise'):
+        assert_identical(got[key], want[key], key)
+    assert without_seconds(got['epochs']) == without_seconds(want['epochs'])
+    got, want = (json.loads((f / 'metrics_sgd.json').read_text()) for f in (folder, reference))
+    assert without_seconds(got['epochs']) == without_seconds(want['epochs'])
+    assert (got['final_test_acc'], got['best_test_acc']) == (want['final_test_acc'], want['best_test_acc'])
+    assert (folder / 'label_noise.json').read_text() == (reference / 'label_noise.json').read_text()
+
+
+def test_resume_of_a_finished_run_keeps_its_summary(cli, trajectory):
+    before = json.loads((trajectory / 'metrics_sgd.json').read_text())
+    cli.ok('train_sgd', *SGD_ARGS, '--save-dir', trajectory, '--resume', 'auto')
+    after = json.loads((trajectory / 'metrics_sgd.json').read_text())
+    assert after['final_test_acc'] == before['final_test_acc'] is not None
+    assert after['best_test_acc'] == before['best_test_acc']
+    assert without_seconds(after['epochs']) == without_seconds(before['epochs'])
+
+
+def test_resume_refuses_other_flags_other_noise_and_non_checkpoints(cli, trajectory, tmp_path):
+    before = file_state(trajectory)
+    base = [*SGD_ARGS, '--save-dir', trajectory]
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--lr', '0.05'),
+                      'cannot resume', '--lr', '0.1')
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--corrupt', '0.3'),
+                      'cannot resume', '--corrupt')
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', trajectory / '1.pt'),
+                      'not a full checkpoint', '1.pt')
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', tmp_path / 'nothing.pt'),
+                      'missing checkpoint', 'nothing.pt')
+    # a checkpoint from another folder would continue into this folder's trajectory
+    other = tmp_path / 'other'
+    other.mkdir()
+    shutil.copy(trajectory / 'checkpoint.pt', other / 'checkpoint.pt')
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', other / 'checkpoint.pt'), 'mix')
+    assert file_state(trajectory) == before
+
+    # label-noise indices: stored in the checkpoint and checked against the ones drawn now
+    checkpoint = load(trajectory / 'checkpoint.pt')
+    assert checkpoint['label_noise'].numel() == 100
+    checkpoint['label_noise'] = (checkpoint['label_noise'] + 1) % 500
+    utils.save_tensors(checkpoint, str(trajectory / 'checkpoint.pt'))
+    before = file_state(trajectory)
+    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto'), 'label-noise')
+    assert file_state(trajectory) == before
+
+
+# ----------------------------------------------------------------------------- 2. atomic files
+
+def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
+    path = tmp_path / '3.pt'
+    utils.save_tensors({'w': torch.arange(10.)}, str(path))
+    old = path.read_bytes()
+
+    def fails_midway(f):
+        f.write(b'half a snapshot' * 100)
+        raise OSError('disk full')
+    with pytest.raises(OSError, match='disk full'):
+        utils.atomic_write(str(path), fails_midway)
+    with pytest.raises(Exception):  # torch.save fails while pickling, after writing a part
+        utils.save_tensors({'w': torch.ones(1000), 'f': lambda: 0}, str(path))
+
+    def interrupted(f):  # Ctrl-C (a BaseException) half-way
+        f.write(b'x' * 100)
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_write(str(path), interrupted)
+    assert path.read_bytes() == old
+    assert os.listdir(tmp_path) == ['3.pt']
+    assert torch.equal(utils.load_file(str(path))['w'], torch.arange(10.))
+    # the final file gets the usual permissions (not mkstemp's 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_atomic_write_killed_mid_write_keeps_old_file(tmp_path):
+    path = tmp_path / '3.pt'
+    utils.save_tensors({'w': torch.arange(10.)}, str(path))
+    old = path.read_bytes()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: start replacing 3.pt, then hang half-way until killed
+        try:
+            def hang(f):
+                f.write(b'half a snapshot' * 1000)
+                f.flush()
+                os.write(ready_w, b'!')
+                time.sleep(60)
+            utils.atomic_write(str(path), hang)
+        finally:
+            os._exit(1)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b'!'
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os.close(ready_r)
+    assert path.read_bytes() == old
+    leftovers = [n for n in os.listdir(tmp_path) if n != '3.pt']
+    # a kill leaves at most a hidden temp file, which no trajectory reader takes for a snapshot
+    assert len(leftovers) == 1 and leftovers[0].startswith('.3.pt.') and leftovers[0].endswith('.tmp')
+
+
+# ----------------------------------------------------------------------------- 3. unsafe files
+
+class _Malicious:
+    """Unpickling this calls os.mkdir(marker): code execution, observable and harmless."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_pickled_code_is_refused_everywhere(cli, trajectory, tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pt'
+    torch.save({'conv1.weight': _Malicious(str(marker)), 'epoch': 1}, evil)
+    torch.load(evil, weights_only=False)  # control: a plain unpickle does run the code
+    assert marker.is_dir()
+    marker.rmdir()
+
+    # a real process: --resume of the crafted file
+    proc = run('train_sgd.py', *SGD_ARGS, '--resume', evil, '--save-dir', tmp_path / 'save')
+    assert_one_line_error(proc, 'refusing to load', 'evil.pt')
+    # a crafted snapshot inside a trajectory (both subspace scripts)
+    shutil.copy(evil, trajectory / '1.pt')
+    before = file_state(trajectory)
+    for script in ('train_psgd', 'train_pbfgs'):
+        assert_user_error(cli.fail(script, *SUBSPACE, '--save-dir', trajectory), 'refusing to load', '1.pt')
+    with pytest.raises(utils.UserError, match='refusing to load'):
+        utils.load_file(str(evil))
+    assert not marker.exists()
+    assert file_state(trajectory) == before
+
+
+# ----------------------------------------------------------------------------- 4. no mixing
+
+def test_used_save_dir_refuses_fresh_start_unless_overwrite(cli, sgd_run, trajectory, tmp_path):
+    before = file_state(trajectory)
+    for flags in (['--lr', '0.05'], []):  # another configuration, or even the same one
+        assert_user_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--save-dir', trajectory),
+                          'already holds a trajectory', '--overwrite', '--resume')
+    # --overwrite with a run that cannot start (no CIFAR10 offline) deletes nothing
+    empty = tmp_path / 'no_data'
+    empty.mkdir()
+    assert_user_error(cli.fail('train_sgd', '--datasets', 'CIFAR10', '--data-dir', empty, '--arch',
+                               'resnet8', '--overwrite', '--save-dir', trajectory), 'CIFAR10 not found')
+    assert file_state(trajectory) == before
+
+    # --overwrite that starts: the old trajectory goes entirely before the new one is written
+    cli.ok('train_sgd', *SGD_ARGS, '--randomseed', '2', '--epochs', '0', '--overwrite',
+           '--save-dir', trajectory)
+    assert sorted(n for n in os.listdir(trajectory) if n.endswith('.pt')) == ['0.pt']
+    assert not torch.equal(load(trajectory / '0.pt')['conv1.weight'],
+                           load(sgd_run[0] / '0.pt')['conv1.weight'])
+    noise = (trajectory / 'label_noise.json').read_text()
+    assert '"randomseed": 2' in noise
+
+
+def test_psgd_rerun_needs_overwrite(cli, trajectory):
+    args = [*SUBSPACE, '--save-dir', trajectory]
+    cli.ok('train_psgd', *args)  # 0 epochs: basis, final model and metrics only
+    outputs = file_state(trajectory)
+    assert {'psgd_d2_0-3.pt', 'metrics_psgd_d2_0-3.json'} <= outputs.keys()
+    assert_user_error(cli.fail('train_psgd', *args), 'already exists', '--overwrite')
+    assert file_state(trajectory) == outputs
+    cli.ok('train_psgd', *args, '--overwrite')
+    assert json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['args']['overwrite']
+
+
+# ----------------------------------------------------------------------------- 5. one-line errors
+
+# A subspace run that would succeed quickly on the shared trajectory (0 epochs).
+SUBSPACE = ['--datasets', 'synthetic', '--arch', 'resnet8', '--corrupt', '0.2', '--params_start', '0',
+            '--params_end', '3', '--n_components', '2', '--epochs', '0', *SMALL]
+
+
+def _truncate(folder):
+    data = (folder / '1.pt').read_bytes()
+    (folder / '1.pt').write_bytes(data[:len(data) // 2])
+
+
+def _replace_1(make):
+    def mutate(folder):
+        torch.save(make(folder), folder / '1.pt')
+    return mutate
+
+
+def _non_tensor_entry(folder):
+    state = load(folder / '0.pt')
+    state['conv1.weight'] = 3
+    return state
+
+
+TRAJECTORY_ERRORS = {
+    'missing snapshot': (lambda f: (f / '1.pt').unlink(), [], ['missing snapshot', '1.pt']),
+    'truncated snapshot': (_truncate, [], ['corrupt or truncated snapshot', '1.pt']),
+    'empty snapshot': (lambda f: (f / '1.pt').write_bytes(b''), [], ['corrupt or truncated', '1.pt']),
+    'garbage snapshot': (lambda f: (f / '1.pt').write_bytes(bytes(range(256)) * 16), [],
+                         ['corrupt or truncated', '1.pt']),
+    'other arch': (_replace_1(lambda f: models.get_model('resnet20').state_dict()), [],
+                   ['1.pt', 'does not fit']),
+    'other class count': (_replace_1(lambda f: models.get_model('resnet8', num_classes=100).state_dict()),
+                          [], ['1.pt', 'does not fit']),
+    'not a dict': (_replace_1(lambda f: [torch.zeros(3)]), [], ['1.pt', 'not a state_dict']),
+    'non-tensor entry': (_replace_1(_non_tensor_entry), [], ['1.pt', 'conv1.weight']),
+    'flags of another arch': (None, ['--arch', 'resnet20'], ['0.pt', 'does not fit']),
+    'n_components >= t': (None, ['--n_components', '3'], ['--n_components 3', 'smaller']),
+    'n_components 0': (None, ['--n_components', '0'], ['--n_components', 'positive']),
+    'params_end <= params_start': (None, ['--params_start', '3'], ['--params_end', '--params_start']),
+    'unknown arch': (None, ['--arch', 'resnet9000'], ['unknown arch', 'resnet9000']),
+    'unknown dataset': (None, ['--datasets', 'imagenet'], ['unknown dataset', 'imagenet']),
+    'pretrain-dir missing': (None, ['--pretrain-dir', '/nonexistent/dir'], ['missing snapshot']),
+}
+
+
+@pytest.mark.parametrize('script', ['train_psgd', 'train_pbfgs'])
+@pytest.mark.parametrize('case', TRAJECTORY_ERRORS)
+def test_subspace_errors_are_one_line_and_delete_nothing(cli, trajectory, script, case):
+    mutate, flags, fragments = TRAJECTORY_ERRORS[case]
+    if mutate is not None:
+        mutate(trajectory)
+    before = file_state(trajectory)
+    assert_user_error(cli.fail(script, *SUBSPACE, *flags, '--save-dir', trajectory), *fragments)
+    assert file_state(trajectory) == before
+
+
+SGD_ERRORS = {
+    'unknown arch': (['--arch', 'resnet9000'], ['unknown arch', 'resnet9000']),
+    'unknown dataset': (['--datasets', 'imagenet'], ['unknown dataset', 'imagenet']),
+    'corrupt > 1': (['--corrupt', '1.5'], ['--corrupt', '[0, 1]']),
+    'corrupt < 0': (['--corrupt', '-0.1'], ['--corrupt', '[0, 1]']),
+    'smalldatasets 0': (['--smalldatasets', '0'], ['--smalldatasets', '(0, 1]']),
+    'smalldatasets > 1': (['--smalldatasets', '1.5'], ['--smalldatasets', '(0, 1]']),
+    'batch size 0': (['--batch-size', '0'], ['--batch-size', 'positive']),
+    'batch size < 0': (['--batch-size', '-4'], ['--batch-size', 'positive']),
+    'epochs < 0': (['--epochs', '-1'], ['--epochs', '>= 0']),
+    'resume missing': (['--resume', '/nonexistent/checkpoint.pt'], ['missing checkpoint']),
+    'not a number': (['--lr', 'fast'], ['--lr']),
+}
+
+
+@pytest.mark.parametrize('case', SGD_ERRORS)
+def test_sgd_errors_are_one_line_and_delete_nothing(cli, trajectory, case):
+    flags, fragments = SGD_ERRORS[case]
+    before = file_state(trajectory)
+    # --overwrite: were the check late, the earlier trajectory would already be gone
+    assert_user_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--overwrite', '--save-dir', trajectory),
+                      *fragments)
+    assert file_state(trajectory) == before
+
+
+@pytest.mark.parametrize('script', ['train_sgd', 'train_psgd', 'train_pbfgs'])
+def test_unwritable_save_dir(cli, tmp_path, script):
+    afile = tmp_path / 'afile'  # root may write anywhere, but not below a regular file
+    afile.write_text('not a folder')
+    flags = SGD_ARGS if script == 'train_sgd' else SUBSPACE
+    for save_dir in (afile / 'sub', afile):
+        assert_user_error(cli.fail(script, *flags, '--save-dir', save_dir), '--save-dir', str(save_dir))
+    assert afile.read_text() == 'not a folder'
+
+
+# ----------------------------------------------------------------------------- 6. non-finite
+
+def test_sgd_nonfinite_loss_stops_and_keeps_last_good_snapshot(cli, tmp_path):
+    folder = tmp_path / 'blowup'
+    code, out, err = cli.fail('train_sgd', '--datasets', 'synthetic', '--arch', 'resnet8', '--lr', '1e30',
+                              '--epochs', '3', '--batch-size', '500', *SMALL, '--save-dir', folder)
+    # SystemExit(message): the interpreter prints it on stderr and exits with status 1
+    assert isinstance(code, str) and code.startswith('error: non-finite') and 'Traceback' not in err
+    last_good = code.split('last good snapshot is ')[1].split(' ')[0]
+    assert os.path.isfile(last_good)
+    k = int(os.path.basename(last_good)[:-3])
+    snapshots = sorted(n for n in os.listdir(folder) if n[0].isdigit())
+    assert snapshots == [f'{i}.pt' for i in range(k + 1)]
+    for name in snapshots + ['checkpoint.pt'] * (folder / 'checkpoint.pt').exists():
+        state = load(folder / name)
+        state = state.get('model', state)
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), name
+
+
+def test_pbfgs_nonfinite_loss_skips_steps_end_to_end(cli, trajectory):
+    # 0.pt gets one huge (finite) BatchNorm scale: the forward pass overflows to inf/NaN there
+    state = load(trajectory / '0.pt')
+    state['bn1.weight'][0] = 3e38
+    utils.save_tensors(state, str(trajectory / '0.pt'))
+    out = cli.ok('train_pbfgs', *SUBSPACE, '--n_components', '1', '--epochs', '1', '--batch-size', '256',
+                 '--save-dir', trajectory)
+    row = json.loads((trajectory / 'metrics_pbfgs_d1_0-3.json').read_text())['epochs'][0]
+    assert row['steps'] == 2 and row['nonfinite_skips'] == 2 and row['trials'] == 0
+    assert 'skipped 2' in out
+    final = load(trajectory / 'pbfgs_d1_0-3.pt')
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+    assert_identical(final, state)  # every step skipped: weights and BN statistics untouched
+    assert math.isnan(row['train_loss'])
