@@ -10,7 +10,7 @@ Absolute times are noise on shared machines; the ratios are what we report (docs
 3. One SGD epoch through utils.DeviceLoader + utils.train_epoch
    (a) / the same epoch on pre-made batches already on the device              target <= 1.05
    (b) torchvision DataLoader (PIL + RandomCrop/Flip/ToTensor/Normalize) / ours target >= 1.25 CPU
-                                                                                       (>= 2 CUDA)
+                                                                                     (>= 1.5 CUDA)
 4. Basis extraction dldr.dldr_basis from memory-mapped snapshot files (utils.open_trajectory)
    vs load + full numpy SVD of the centred t x n trajectory (and sklearn PCA if importable):
    time, and peak memory measured in a fresh subprocess per method.
@@ -19,13 +19,14 @@ Timing: warm-up first; torch.cuda.synchronize() around timed regions on CUDA onl
 variants are interleaved A B | B A | A B ... so drift and other tenants hit all of them; a ratio
 is the median over rounds of the per-round ratio.
 
-    python bench.py                       # default run (~10 min on a 2-core CPU)
-    python bench.py --quick               # smoke run (< 2 min on CPU)
+    python bench.py                       # default run (~4 min on a quiet 2-core CPU)
+    python bench.py --quick               # smoke run (< 1 min on CPU; ratios too noisy to report)
     python bench.py --device cuda --amp bf16 --channels-last
 """
 import argparse
 import copy
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -62,46 +63,61 @@ def parse_args(argv=None):
       help='images: utils.make_synthetic (offline) or CIFAR-10 pickles under --data-dir')
     a('--data-dir', default='./data', help='parent of cifar-10-batches-py (with --data cifar10)')
     a('--batch-size', type=int, default=128, help='batch of the P-SGD/SGD steps and of the epoch')
-    a('--pbfgs-batch-size', type=int, default=None, help='batch of the P-BFGS comparison (default 1024)')
+    a('--pbfgs-batch-size', type=int, default=None, help='batch of the P-BFGS comparison (default 1024; 256 with --quick)')
     a('--steps', type=int, default=None, help='timed steps per variant per round (ratios 1 and 2)')
-    a('--repeats', type=int, default=None, help='interleaved rounds per comparison (median taken)')
+    a('--repeats', type=int, default=None, help='interleaved rounds of the P-SGD comparison (median taken)')
+    a('--pbfgs-repeats', type=int, default=None, help='interleaved rounds of the P-BFGS comparison')
     a('--pbfgs-steps', type=int, default=None,
       help='timed steps per variant per round in the P-BFGS comparison (default 1 on CPU, --steps on CUDA)')
     a('--epoch-repeats', type=int, default=None, help='interleaved rounds of the epoch comparison')
     a('--n-components', type=int, default=40, help='d, subspace dimension')
     a('--snapshots', type=int, default=41, help='t, snapshots of the trajectory (> d)')
     a('--traj-steps', type=int, default=None,
-      help='SGD steps between two snapshots of the trajectory (batch --batch-size, lr 0.1)')
+      help='SGD steps between two snapshots of the trajectory (lr 0.1, batch --traj-batch-size)')
+    a('--traj-batch-size', type=int, default=None,
+      help='batch of the trajectory\'s SGD steps (default --batch-size; 32 with --quick)')
     a('--pbfgs-basis', default='trajectory', choices=('trajectory', 'random'),
       help='P of the P-BFGS comparison: from the short real SGD trajectory or random orthonormal')
     a('--epoch-images', type=int, default=None,
       help='images in the epoch comparison (default 5120 on CPU, 20480 on CUDA)')
-    a('--workers', type=int, default=None,
-      help='num_workers of the torchvision DataLoader baseline (default: the reference\'s 4, '
-           'capped at the number of CPUs)')
+    a('--workers', default=None,
+      help='comma list of num_workers of the torchvision DataLoader baseline, one variant each '
+           '(default on CUDA: the reference\'s 4, capped at the CPU count; on CPU: 0, the '
+           'baseline\'s best when the model already uses every core, and min(4, CPUs))')
     a('--basis-budget', type=int, default=16,
       help='MiB: the small max_bytes of the streamed basis in the memory comparison '
            '(the default 256 MiB of the training scripts is measured too)')
+    a('--threads', type=int, default=None,
+      help='torch.set_num_threads (and BLAS threads of the basis subprocesses); default: torch\'s')
+    a('--basis-repeats', type=int, default=None, help='rounds of basis-timing subprocesses')
     a('--amp', default='off', choices=('off', 'bf16', 'fp16'), help='autocast for ratios 1-3')
     a('--channels-last', action='store_true', help='channels_last model and batches')
     a('--quick', action='store_true', help='small smoke run (< 2 min on CPU)')
     a('--only', default='1,2,3,4', help='comma list of the comparisons to run')
     a('--json', default=None, metavar='PATH', help='also write the results as JSON')
+    a('--profile', default='', help='comma list of comparisons (1-3) to profile after timing them')
+    a('--profile-rows', type=int, default=15, help='rows of each profile table')
     a('--seed', type=int, default=0)
     a('--_basis-worker', dest='basis_worker', default=None, help=argparse.SUPPRESS)
     a('--_traj-dir', dest='traj_dir', default=None, help=argparse.SUPPRESS)
     a('--_max-bytes', dest='max_bytes', type=int, default=None, help=argparse.SUPPRESS)
+    a('--_mode', dest='worker_mode', default='memory', help=argparse.SUPPRESS)
+    a('--_runs', dest='worker_runs', type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.device = utils.pick_device(args.device)
     cuda = args.device.type == 'cuda'
     quick = args.quick
     defaults = dict(pbfgs_batch_size=256 if quick else 1024,
                     steps=2 if quick else (10 if cuda else 3),
-                    repeats=3 if quick else (9 if cuda else 7),
+                    repeats=3 if quick else 15,
+                    pbfgs_repeats=3 if quick else (9 if cuda else 7),
                     traj_steps=1 if quick else 2,
+                    traj_batch_size=32 if quick else args.batch_size,
                     epoch_images=1024 if quick else (20480 if cuda else 5120),
-                    epoch_repeats=1 if quick else 3,
-                    workers=min(4, os.cpu_count() or 1))
+                    epoch_repeats=1 if quick else (5 if cuda else 3),
+                    basis_repeats=1 if quick else 3,
+                    workers=(str(min(4, os.cpu_count() or 1)) if cuda else
+                             ','.join(sorted({'0', str(min(4, os.cpu_count() or 1))}))))
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -110,6 +126,8 @@ def parse_args(argv=None):
     if args.n_components >= args.snapshots:
         p.error(f'--n-components ({args.n_components}) must be < --snapshots ({args.snapshots})')
     args.only = {int(s) for s in args.only.split(',') if s.strip()}
+    args.profile = {int(s) for s in args.profile.split(',') if s.strip()}
+    args.workers = [int(s) for s in str(args.workers).split(',') if s.strip()]
     return args
 
 
@@ -158,6 +176,39 @@ def ms(x):
 def spread(values):
     """'median (min..max)' of a list of seconds."""
     return f'{ms(statistics.median(values))} ({ms(min(values))}..{ms(max(values))})'
+
+
+def profile_variants(variants, args, part):
+    """With --profile PART: torch.profiler (and cProfile) over one call of each variant, printing
+    where the time goes (device kernels on CUDA, operators on CPU, Python functions)."""
+    if part not in args.profile:
+        return
+    import cProfile
+    import io
+    import pstats
+    from torch.profiler import ProfilerActivity, profile
+    cuda = args.device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    for name, fn in variants.items():
+        with profile(activities=activities) as prof:
+            wall, _ = timed(fn, args.device)
+        events = prof.key_averages()
+        line = f'  --- torch.profiler, one call of {name}: wall {ms(wall)}'
+        if cuda:
+            busy = sum(getattr(e, 'self_device_time_total', 0) for e in events) / 1e6
+            line += f', GPU kernels busy {ms(busy)} ({busy / wall:.0%} of wall)'
+        print(line)
+        key = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+        print(events.table(sort_by=key, row_limit=args.profile_rows))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        timed(fn, args.device)
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats('tottime').print_stats(args.profile_rows)
+        body = text.getvalue()
+        print(f'  --- cProfile, one call of {name} (by own time):')
+        print(body[body.find('   ncalls'):].rstrip())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +293,7 @@ def write_trajectory(model0, data, args, folder):
     model = copy.deepcopy(model0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     steps = (args.snapshots - 1) * args.traj_steps
-    batches = device_batches(data, args, args.batch_size, steps, args.seed + 1)
+    batches = device_batches(data, args, args.traj_batch_size, steps, args.seed + 1)
     torch.save(model.state_dict(), utils.snapshot_path(folder, 0))
     losses = []
     for i in range(1, args.snapshots):
@@ -279,6 +330,7 @@ def bench_psgd(model0, data, args, report):
     }
     interleave(variants, 2, device)  # warm-up: 2 x k steps each
     res = interleave(variants, args.repeats, device)
+    profile_variants(variants, args, 1)
     sgd, psgd = [s / k for s in secs(res, 'sgd')], [s / k for s in secs(res, 'psgd')]
     ratio = paired_ratio(psgd, sgd)
     # the projection alone, for the record
@@ -367,14 +419,15 @@ def bench_pbfgs(model0, data, args, traj_dir, report):
     timed(forwards, device)
     warm_trials = optimizer.reset_stats()
     variants = {'pbfgs': pbfgs_steps, 'sgd': sgd_steps, 'fwd': forwards}
-    res = interleave(variants, args.repeats, device)
+    res = interleave(variants, args.pbfgs_repeats, device)
     stats = optimizer.reset_stats()
+    profile_variants(variants, args, 2)
     pb, sg, fw = ([s / k for s in secs(res, name)] for name in ('pbfgs', 'sgd', 'fwd'))
     trials = [t / k for _, t in res['pbfgs']]
     floor = [s + t * f for s, t, f in zip(sg, trials, fw)]
     mean_trials = stats['trials'] / max(stats['steps'], 1)
     loss, _ = meter.result()
-    print(f'  {args.repeats} rounds x {k} steps; warm-up {warm_trials["steps"]} steps with '
+    print(f'  {args.pbfgs_repeats} rounds x {k} steps; warm-up {warm_trials["steps"]} steps with '
           f'{warm_trials["trials"]} trials; timed: {stats["steps"]} steps, mean trials '
           f'{mean_trials:.2f} (per round {", ".join(f"{t:.1f}" for t in trials)}), '
           f'failed searches {stats["failed_searches"]}; mean train loss {loss:.3f}')
@@ -426,8 +479,8 @@ def bench_epoch(model0, data, args, report):
     import torchvision.transforms as T
     n, bs, device = min(args.epoch_images, len(data.train_y)), args.batch_size, args.device
     cuda = device.type == 'cuda'
-    print(f'\n== 3. one SGD epoch of {n} images, batch {bs}: DeviceLoader vs DataLoader '
-          f'(num_workers={args.workers}, pin_memory={cuda}) vs pre-made batches ==')
+    print(f'\n== 3. one SGD epoch of {n} images, batch {bs}: DeviceLoader vs torchvision DataLoader '
+          f'(num_workers {", ".join(map(str, args.workers))}; pin_memory={cuda}) vs pre-made batches ==')
     x, y = data.train_x[:n], data.train_y[:n]
     ours_loader = utils.DeviceLoader(x, y, bs, data.mean, data.std, device, train=True,
                                      generator=torch.Generator().manual_seed(args.seed),
@@ -437,29 +490,50 @@ def bench_epoch(model0, data, args, report):
                                       channels_last=args.channels_last))
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(data.mean, data.std)])
-    tv_loader = ToDevice(torch.utils.data.DataLoader(
-        PILDataset(x, y, transform), batch_size=bs, shuffle=True, num_workers=args.workers,
-        pin_memory=cuda), device, args.channels_last)
+    dataset = PILDataset(x, y, transform)
+    loaders = {'ours': ours_loader}
+    for w in args.workers:
+        loaders[f'dataloader_w{w}'] = ToDevice(torch.utils.data.DataLoader(
+            dataset, batch_size=bs, shuffle=True, num_workers=w, pin_memory=cuda), device,
+            args.channels_last)
+    loaders['premade'] = premade
+
+    def drain(loader):  # the data alone: iterate an epoch without the model
+        def run():
+            last = None
+            for last in loader:
+                pass
+            return last
+        return run
+
+    data_only = interleave({k: drain(v) for k, v in loaders.items() if k != 'premade'}, 3, device)
+    print('  data only, no model, per epoch: '
+          + '; '.join(f'{k} {spread(secs(data_only, k))}' for k in data_only))
     runs = {}
-    for name, loader in (('ours', ours_loader), ('dataloader', tv_loader), ('premade', premade)):
+    for name, loader in loaders.items():
         m = copy.deepcopy(model0)
         opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         scaler = make_scaler(args)
         timed(sgd_run(m, opt, premade[:3], args, scaler), device)  # warm-up of this copy
         runs[name] = sgd_run(m, opt, loader, args, scaler)
     rounds = args.epoch_repeats
+    if cuda and not args.quick:
+        interleave(runs, 1, device)  # a whole warm-up epoch each (cheap on a GPU)
     res = interleave(runs, rounds, device)
-    ours, tv, pre = secs(res, 'ours'), secs(res, 'dataloader'), secs(res, 'premade')
+    profile_variants(runs, args, 3)
     print(f'  {rounds} rounds; {len(premade)} steps per epoch')
-    for name, values in (('ours (DeviceLoader)', ours), ('torchvision DataLoader', tv),
-                         ('pre-made batches', pre)):
-        print(f'  {name:24s} {spread(values)}  = {n / statistics.median(values):.0f} img/s')
+    for name in runs:
+        values = secs(res, name)
+        print(f'  {name:16s} {spread(values)}  = {n / statistics.median(values):.0f} img/s')
+    ours, pre = secs(res, 'ours'), secs(res, 'premade')
     report.add(f'epoch ({n} img): ours / pre-made batches', statistics.median(ours),
                statistics.median(pre), paired_ratio(ours, pre), '<=', 1.05,
                detail=dict(ours_s=ours, premade_s=pre))
-    report.add(f'epoch ({n} img): DataLoader(w={args.workers}) / ours', statistics.median(tv),
-               statistics.median(ours), paired_ratio(tv, ours), '>=', 2.0 if cuda else 1.25,
-               detail=dict(dataloader_s=tv, ours_s=ours, workers=args.workers))
+    for w in args.workers:
+        tv = secs(res, f'dataloader_w{w}')
+        report.add(f'epoch ({n} img) speed-up: DataLoader(w={w}) / ours', statistics.median(ours),
+                   statistics.median(tv), paired_ratio(tv, ours), '>=', 1.5 if cuda else 1.25,
+                   detail=dict(dataloader_s=tv, ours_s=ours, workers=w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,36 +616,62 @@ class PeakSampler:
 
 
 def basis_worker(args):
-    """Subprocess entry: one method, fresh process; prints one JSON line of its peak memory."""
+    """Subprocess entry: one method in a fresh process.  --_mode memory: one run under the peak
+    sampler (and CUDA peak stats); --_mode time: one warm-up run, then --_runs timed runs.
+    Prints one JSON line."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = build_model(args)
     run = basis_method(args.basis_worker, args.traj_dir, args, model, args.max_bytes)
     cuda = args.device.type == 'cuda'
+    out = dict(method=args.basis_worker, max_bytes=args.max_bytes)
+    if args.worker_mode == 'time':
+        timed(run, args.device)
+        out['seconds'] = [timed(run, args.device)[0] for _ in range(args.worker_runs)]
+        print(json.dumps(out))
+        return
+    if cuda:  # cuBLAS/cuSOLVER workspaces (32 MiB+ on Hopper) are per-process, not the method's
+        a = torch.randn(64, 64, dtype=torch.float64, device=args.device)
+        spd = a @ a.T + 64 * torch.eye(64, dtype=torch.float64, device=args.device)
+        torch.linalg.solve_triangular(torch.linalg.cholesky(spd), a, upper=False)
+        torch.mv(a.float(), a[0].float()), a.float() @ a.float()
+        del a, spd
     gc.collect()
     if cuda:
         sync(args.device)
         torch.cuda.reset_peak_memory_stats(args.device)
         cuda_base = torch.cuda.memory_allocated(args.device)
     with PeakSampler() as sampler:
-        start = time.perf_counter()
-        result = run()
-        sync(args.device)
-        seconds = time.perf_counter() - start
-    out = dict(method=args.basis_worker, host_peak=sampler.growth, seconds=seconds,
-               shape=list(result.shape))
+        seconds, result = timed(run, args.device)
+    out.update(host_peak=sampler.growth, seconds=seconds, shape=list(result.shape))
     if cuda:
         out['device_peak'] = torch.cuda.max_memory_allocated(args.device) - cuda_base
     print(json.dumps(out))
 
 
-def measure_memory(method, folder, args, max_bytes=None):
+def run_worker(method, folder, args, mode, max_bytes=None, runs=1):
+    """Run basis_worker in a fresh subprocess; returns its JSON result (None on failure).
+
+    Memory workers run with glibc's mmap threshold fixed at its default 128 KiB
+    (MALLOC_MMAP_THRESHOLD_), so blocks freed by the method go back to the OS and the resident
+    size follows live memory instead of what the allocator keeps cached."""
     cmd = [sys.executable, os.path.abspath(__file__), '--_basis-worker', method, '--_traj-dir', folder,
-           '--device', str(args.device), '--arch', args.arch, '--snapshots', str(args.snapshots),
-           '--n-components', str(args.n_components), '--seed', str(args.seed)]
+           '--_mode', mode, '--_runs', str(runs), '--device', str(args.device), '--arch', args.arch,
+           '--snapshots', str(args.snapshots), '--n-components', str(args.n_components),
+           '--seed', str(args.seed)]
     if max_bytes is not None:
         cmd += ['--_max-bytes', str(max_bytes)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+        for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'):
+            env[var] = str(args.threads)
+    if mode == 'memory':
+        env['MALLOC_MMAP_THRESHOLD_'] = str(128 * 1024)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
     if proc.returncode != 0:
-        print(f'  memory worker {method} failed:\n{proc.stderr[-2000:]}')
+        print(f'  {mode} worker {method} failed:\n{proc.stderr[-2000:]}')
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -582,68 +682,76 @@ def bench_basis(model0, args, traj_dir, report):
     n = sum(p.numel() for p in dldr.trainable_params(model))
     traj_bytes = t * n * 4
     print(f'\n== 4. basis of t = {t} snapshots x n = {n} parameters -> d = {d} '
-          f'(t*n*4 = {traj_bytes / MiB:.1f} MiB), from snapshot files ==')
-    methods = {'ours': basis_method('ours', traj_dir, args, model),
-               'svd': basis_method('svd', traj_dir, args, model)}
-    try:
-        import sklearn  # noqa: F401
-        methods['pca'] = basis_method('pca', traj_dir, args, model)
-        have_pca = True
-    except ImportError:
-        have_pca = False
+          f'(t*n*4 = {traj_bytes / MiB:.1f} MiB), from snapshot files; each method in fresh '
+          f'subprocesses ==')
+    methods = ['ours', 'svd']
+    if importlib.util.find_spec('sklearn') is not None:
+        methods.append('pca')
+    else:
         print('  sklearn not importable: PCA baseline skipped')
-    for run in methods.values():  # warm-up (page cache, LAPACK, CUDA context)
-        timed(run, args.device)
-    res = interleave(methods, max(3, args.repeats // 2), args.device)
-    ours, svd = secs(res, 'ours'), secs(res, 'svd')
-    P = res['ours'][-1][1].double().cpu()
-    Vt = torch.from_numpy(np.ascontiguousarray(res['svd'][-1][1])).double()
+
+    # Time: rounds of one subprocess per method (A B | B A ...), each 1 warm-up + 2 timed runs.
+    rounds = args.basis_repeats
+    times = {m: [] for m in methods}
+    for r in range(rounds):
+        for m in (methods if r % 2 == 0 else methods[::-1]):
+            res = run_worker(m, traj_dir, args, 'time', runs=2)
+            times[m].append(min(res['seconds']) if res else float('nan'))
+    # Agreement of the subspaces (in this process, untimed).
+    P = basis_method('ours', traj_dir, args, model)().double().cpu()
+    Vt = torch.from_numpy(np.ascontiguousarray(basis_method('svd', traj_dir, args, model)())).double()
     overlap = float((P @ Vt.T).square().sum() / d)
-    print(f'  ours (dldr_basis, mmap, default 256 MiB budget, on {args.device}) {spread(ours)}')
-    print(f'  load + numpy SVD                                      {spread(svd)}')
-    if have_pca:
-        print(f'  load + sklearn PCA                                    {spread(secs(res, "pca"))}')
+    print(f'  {rounds} rounds; per subprocess the best of 2 timed runs after 1 warm-up')
+    print(f'  ours (utils.open_trajectory + dldr.dldr_basis, 256 MiB budget, on {args.device}) '
+          f'{spread(times["ours"])}')
+    print(f'  load whole trajectory + numpy SVD {spread(times["svd"])}')
+    if 'pca' in methods:
+        print(f'  load whole trajectory + sklearn PCA {spread(times["pca"])}')
     print(f'  subspace agreement ||P_ours V_svd^T||_F^2 / d = {overlap:.6f} (1 = same subspace)')
-    report.add(f'basis time (t={t}): ours / numpy SVD', statistics.median(ours),
-               statistics.median(svd), paired_ratio(ours, svd), '<=', 1.0,
-               detail=dict(ours_s=ours, svd_s=svd, overlap=overlap))
-    if have_pca:
-        pca = secs(res, 'pca')
-        report.add(f'basis time (t={t}): ours / sklearn PCA', statistics.median(ours),
-                   statistics.median(pca), paired_ratio(ours, pca), '<=', 1.0, detail=dict(pca_s=pca))
+    report.add(f'basis time (t={t}): ours / numpy SVD', statistics.median(times['ours']),
+               statistics.median(times['svd']), paired_ratio(times['ours'], times['svd']), '<=', 1.0,
+               detail=dict(ours_s=times['ours'], svd_s=times['svd'], overlap=overlap))
+    if 'pca' in methods:
+        report.add(f'basis time (t={t}): ours / sklearn PCA', statistics.median(times['ours']),
+                   statistics.median(times['pca']), paired_ratio(times['ours'], times['pca']), '<=',
+                   1.0, detail=dict(pca_s=times['pca']))
     else:
         report.skip(f'basis time (t={t}): ours / sklearn PCA', 'sklearn not importable')
 
     # Peak memory, each method in a fresh subprocess.
     budget = args.basis_budget * MiB
-    mem = {'ours256': measure_memory('ours', traj_dir, args),
-           f'ours{args.basis_budget}': measure_memory('ours', traj_dir, args, budget),
-           'svd': measure_memory('svd', traj_dir, args)}
-    if have_pca:
-        mem['pca'] = measure_memory('pca', traj_dir, args)
+    mem = {'ours@256MiB': run_worker('ours', traj_dir, args, 'memory'),
+           f'ours@{args.basis_budget}MiB': run_worker('ours', traj_dir, args, 'memory', budget)}
+    for m in methods[1:]:
+        mem[m] = run_worker(m, traj_dir, args, 'memory')
     cuda = args.device.type == 'cuda'
+    print(f'  peak memory growth (P itself is d*n*4 = {d * n * 4 / MiB:.1f} MiB):')
     for name, m in mem.items():
         if m is None:
             continue
-        line = f'  {name:8s} host anon peak +{m["host_peak"] / MiB:7.1f} MiB'
+        line = f'  {name:12s} host anon RSS +{m["host_peak"] / MiB:7.1f} MiB'
         if 'device_peak' in m and name.startswith('ours'):
-            line += f', {args.device} peak +{m["device_peak"] / MiB:7.1f} MiB'
-        print(line + f'  ({m["seconds"]:.2f} s)')
+            line += f', {args.device} allocated +{m["device_peak"] / MiB:7.1f} MiB'
+        print(line)
 
     def peak(m):  # ours on CUDA: device memory; everything else: host memory
-        return m['device_peak'] if cuda and 'device_peak' in m and m['method'] == 'ours' else m['host_peak']
+        return m['device_peak'] if cuda and m['method'] == 'ours' else m['host_peak']
 
-    where = f'{args.device} peak' if cuda else 'host peak'
-    if mem['ours256'] and mem['svd']:
-        report.add(f'basis {where} MiB: ours(256 MiB budget) / numpy SVD', peak(mem['ours256']) / MiB,
-                   peak(mem['svd']) / MiB, peak(mem['ours256']) / peak(mem['svd']), '<=', 1.0,
-                   unit='MiB', detail=dict(mem=mem))
-    small = mem[f'ours{args.basis_budget}']
+    where = 'device' if cuda else 'host'
+    ours256, small = mem['ours@256MiB'], mem[f'ours@{args.basis_budget}MiB']
+    if ours256 and mem['svd']:
+        report.add(f'basis peak MiB ({where}): ours(256 MiB budget) / numpy SVD (host)',
+                   peak(ours256) / MiB, peak(mem['svd']) / MiB, peak(ours256) / peak(mem['svd']),
+                   '<=', 1.0, unit='MiB', detail=dict(mem=mem))
+    if ours256:
+        report.add(f'basis peak MiB ({where}): ours(256 MiB budget) / t*n*4', peak(ours256) / MiB,
+                   traj_bytes / MiB, peak(ours256) / traj_bytes, '<=',
+                   round((d * n * 4 + 256 * MiB) / traj_bytes, 2), unit='MiB')
     if small:
         bound = (d * n * 4 + budget) / traj_bytes  # P itself + the documented working budget
-        report.add(f'basis {where} MiB: ours({args.basis_budget} MiB budget) / t*n*4',
-                   peak(small) / MiB, traj_bytes / MiB, peak(small) / traj_bytes, '<=', round(bound, 2),
-                   unit='MiB')
+        report.add(f'basis peak MiB ({where}): ours({args.basis_budget} MiB budget) / t*n*4',
+                   peak(small) / MiB, traj_bytes / MiB, peak(small) / traj_bytes, '<=',
+                   round(bound, 2), unit='MiB')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,15 +794,23 @@ def main(argv=None):
         basis_worker(args)
         return
     device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True
     print('command: python ' + shlex.join(sys.argv))
     print(f'device:  {device} = {device_description(device)}')
     print(f'torch {torch.__version__}, numpy {np.__version__}, python {platform.python_version()}; '
           f'arch {args.arch}, data {args.data}, amp {args.amp}, channels_last {args.channels_last}'
           f'{", QUICK" if args.quick else ""}')
-    print(f'sizes: batch {args.batch_size}, P-BFGS batch {args.pbfgs_batch_size}, steps {args.steps}, '
-          f'repeats {args.repeats}, d {args.n_components}, t {args.snapshots}, traj steps '
-          f'{args.traj_steps}, epoch images {args.epoch_images}, DataLoader workers {args.workers}')
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    print(f'load average at start: {load:.2f} on {os.cpu_count()} CPUs'
+          + ('  (busy machine: CPU timings will be noisy; on CPU try --threads 1)'
+             if device.type == 'cpu' and load > 0.5 * (os.cpu_count() or 1) else ''))
+    print(f'sizes: batch {args.batch_size} ({args.repeats} rounds x {args.steps} steps), P-BFGS batch '
+          f'{args.pbfgs_batch_size} ({args.pbfgs_repeats} rounds x {args.pbfgs_steps} steps), d '
+          f'{args.n_components}, t {args.snapshots} ({args.traj_steps} steps of batch '
+          f'{args.traj_batch_size} apart), epoch {args.epoch_images} images ({args.epoch_repeats} '
+          f'rounds), DataLoader workers {args.workers}, basis timing rounds {args.basis_repeats}')
     start = time.perf_counter()
     need = max(args.epoch_images, 4 * args.pbfgs_batch_size, args.batch_size * 4)
     data = load_images(args, need)
@@ -704,7 +820,7 @@ def main(argv=None):
         if args.only & {2, 4}:
             t0 = time.perf_counter()
             steps, losses = write_trajectory(model0, data, args, traj_dir)
-            print(f'\ntrajectory: {args.snapshots} snapshots, {steps} SGD steps (batch {args.batch_size}), '
+            print(f'\ntrajectory: {args.snapshots} snapshots, {steps} SGD steps (batch {args.traj_batch_size}), '
                   f'train loss {losses[0]:.3f} -> {losses[-1]:.3f}, {time.perf_counter() - t0:.1f} s')
         for part, fn in ((1, lambda: bench_psgd(model0, data, args, report)),
                          (2, lambda: bench_pbfgs(model0, data, args, traj_dir, report)),
@@ -718,7 +834,8 @@ def main(argv=None):
     print(f'\n{report.table()}')
     misses = [r['metric'] for r in report.rows if r['ok'] == 'MISS']
     print(f'\n{"MISS: " + "; ".join(misses) if misses else "all targets met"}  '
-          f'(total {time.perf_counter() - start:.0f} s)')
+          f'(total {time.perf_counter() - start:.0f} s; load average at end '
+          f'{os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"):.2f})')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(command=sys.argv, device=device_description(device), rows=report.rows),
@@ -726,4 +843,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    utils.run_cli(main)

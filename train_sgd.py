@@ -81,7 +81,7 @@ def main(argv=None):
                                   f'{checkpoint["args"].get(k)!r}, not {getattr(args, k)!r}')
         elsewhere = (os.path.realpath(os.path.dirname(os.path.abspath(resume_path(args))))
                      != os.path.realpath(args.save_dir))
-        if elsewhere and run_files(args.save_dir) and not args.overwrite:
+        if elsewhere and run_files(args.save_dir) and not (args.overwrite or args.evaluate):
             raise utils.UserError(f'{args.save_dir} already holds a trajectory and '
                                   f'{resume_path(args)} is from another folder: resuming would mix '
                                   f'two runs; pass --overwrite to continue there anyway')

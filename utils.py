@@ -231,7 +231,8 @@ def _read_cifar_pickles(folder, files, label_key):
         try:
             with open(path, 'rb') as f:
                 entry = pickle.load(f, encoding='bytes')
-            data, labels = entry[b'data'], entry[label_key]
+            entry = {k.encode() if isinstance(k, str) else k: v for k, v in entry.items()}
+            data, labels = entry[b'data'], entry[label_key]  # bytes keys (original) or str keys (rebuilt)
         except FileNotFoundError:
             raise UserError(f'incomplete dataset folder: {path} is missing') from None
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:

@@ -10,7 +10,7 @@ has one module per stage, attention92 one, two and three.
 
 The spatial plan follows weiaicunzai/pytorch-cifar100 (stages at 16, 8, 4 and 1 pixels); unlike
 it, units whose shape is unchanged have identity shortcuts, as in the paper, so attention56 has
-31.0M parameters at 100 classes (55.7M there) and attention92 51.4M (102.5M there).
+30.0M parameters at 100 classes (55.7M there) and attention92 50.6M (102.5M there).
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -56,8 +56,8 @@ class AttentionModule(nn.Module):
 class ResidualAttentionNet(nn.Module):
     def __init__(self, modules_per_stage, num_classes=10, in_channels=3):
         super().__init__()
-        layers = [nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
-        channels = 64
+        layers, channels = [nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+                            nn.ReLU(inplace=True)], 64
         for planes, n, depth in zip((256, 512, 1024), modules_per_stage, (3, 2, 1)):
             layers.append(unit(channels, planes, 2))
             layers += [AttentionModule(planes, depth) for _ in range(n)]

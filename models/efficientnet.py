@@ -19,8 +19,9 @@ def conv_bn_act(in_planes, planes, kernel_size, stride=1, groups=1, act=True):
 class SqueezeExcite(nn.Module):
     def __init__(self, channels, reduced):
         super().__init__()
-        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, reduced, 1), nn.SiLU(inplace=True),
-                                  nn.Conv2d(reduced, channels, 1), nn.Sigmoid())
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, reduced, 1), nn.SiLU(inplace=True),
+            nn.Conv2d(reduced, channels, 1), nn.Sigmoid())
 
     def forward(self, x):
         return x * self.gate(x)

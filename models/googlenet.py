@@ -3,7 +3,7 @@
 CIFAR variant (kuangliu/pytorch-cifar, weiaicunzai/pytorch-cifar100): one 3x3 conv of 192
 channels replaces the ImageNet stem; then inception modules 3a-3b, max pool, 4a-4e, max pool,
 5a-5b with the paper's widths, global average pool, dropout 0.4 and FC.  Every conv is followed
-by BN and ReLU, and the 5x5 branch is two 3x3 convs.  6.26M parameters at 100 classes (6.2M in
+by BN and ReLU, and the 5x5 branch is two 3x3 convs.  6.25M parameters at 100 classes (6.2M in
 the paper's CIFAR-100 table).
 """
 import torch

@@ -2,7 +2,7 @@
 
 As in weiaicunzai/pytorch-cifar100: the stem keeps the resolution (3x3 convs of 32, 32, 64
 channels, 1x1 of 80, 3x3 of 192, no pooling), followed by the paper's modules without the
-auxiliary head: 3x InceptionA (35x35 grid), the grid reduction B (to 15x15 here), 4x InceptionC
+auxiliary head: 3x InceptionA (at 32x32 here), the grid reduction B (to 15x15), 4x InceptionC
 (factorised 7x7), reduction D (to 7x7), 2x InceptionE, global pool, dropout and FC.  Every conv
 is conv-BN-ReLU.  22.0M parameters at 100 classes (22.3M in the paper's CIFAR-100 table).
 """

@@ -5,8 +5,8 @@ Both share the paper's stem (Fig. 3) with every stride removed, so that it maps 
 reductions then bring 32x32 to 15x15 and 8x8.
 
 inceptionv4 (Fig. 9): 4x Inception-A, Reduction-A (k, l, m, n = 192, 224, 256, 384), 7x
-Inception-B, Reduction-B, 3x Inception-C, global pool, dropout 0.2 and FC: 41.2M parameters at
-100 classes (41.3M in weiaicunzai/pytorch-cifar100).
+Inception-B, Reduction-B, 3x Inception-C, global pool, dropout 0.2 and FC: 41.3M parameters at
+100 classes, as in weiaicunzai/pytorch-cifar100.
 
 inceptionresnetv2 (Fig. 15): 5x Inception-ResNet-A, Reduction-A (256, 256, 384, 384), 10x
 Inception-ResNet-B, Reduction-B (Fig. 18), 5x Inception-ResNet-C, pool, dropout and FC.  A
@@ -28,7 +28,8 @@ def stem(in_channels):
         conv(in_channels, 32, 3), conv(32, 32, 3), conv(32, 64, 3),
         Branches(nn.MaxPool2d(3, 1, 1), conv(64, 96, 3)),
         Branches(nn.Sequential(conv(160, 64, 1), conv(64, 96, 3)),
-                 nn.Sequential(conv(160, 64, 1), conv(64, 64, (7, 1)), conv(64, 64, (1, 7)), conv(64, 96, 3))),
+                 nn.Sequential(conv(160, 64, 1), conv(64, 64, (7, 1)), conv(64, 64, (1, 7)),
+                               conv(64, 96, 3))),
         Branches(conv(192, 192, 3), nn.MaxPool2d(3, 1, 1)))
 
 

@@ -35,7 +35,8 @@ class PreActBlock(PreActResidualBlock):
 
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
-        self.residual = nn.Sequential(bn_relu_conv(in_planes, planes, 3, stride), bn_relu_conv(planes, planes, 3))
+        self.residual = nn.Sequential(bn_relu_conv(in_planes, planes, 3, stride),
+                                      bn_relu_conv(planes, planes, 3))
         self.shortcut = shortcut(in_planes, planes, stride)
 
 

@@ -2,7 +2,8 @@
 
 The ResNets of :mod:`models.resnet` with a squeeze-and-excitation gate (global average pool,
 FC reduce by 16, ReLU, FC, sigmoid) rescaling the channels of every residual branch before the
-addition, as in weiaicunzai/pytorch-cifar100: seresnet18 has 11.4M parameters at 100 classes.
+addition, as in weiaicunzai/pytorch-cifar100: seresnet18 has 11.3M parameters at 100 classes
+(11.4M in the paper's table).
 """
 import torch.nn as nn
 

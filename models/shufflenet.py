@@ -8,7 +8,8 @@ to the input, or concatenated with its 3x3/2 average pool when downsampling.  St
 shufflenetv2: width 1x (stages of 116/232/464 channels, 4/8/4 units, then a 1x1 conv to 1024);
 a unit splits the channels in two, passes one half through 1x1-depthwise 3x3-1x1 and
 concatenates, then shuffles; a downsampling unit feeds the whole input to both branches.
-1.3M parameters at 100 classes.
+1.36M parameters at 100 classes, as in weiaicunzai/pytorch-cifar100 (whose README, and the
+paper's table, say 1.3M).
 
 Both keep the resolution in the stem (a 3x3 conv of 24 channels, no max pool).
 """

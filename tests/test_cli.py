@@ -35,17 +35,29 @@ PBFGS_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--corrupt', '0.2', '-
               '--params_end', '3', '--batch-size', '256', '--n_components', '2', '--arch=resnet8', *SMALL]
 
 
+# One intra-op thread per child: on 2 cores two children can then run side by side, and an
+# oversubscribed OpenMP pool spins (2-thread runs cost twice the CPU time here).  The same in
+# every child, so runs that must agree bit for bit use the same kernels.
+CHILD_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+
+def start(script, *args, **kwargs):
+    """``subprocess.Popen`` of ``script`` (a file in the repository root) in a fresh interpreter."""
+    return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
+                            **kwargs)
+
+
 def run(script, *args, timeout=300):
-    """Run ``script`` (a file in the repository root) with ``args`` in a fresh interpreter."""
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run ``script`` with ``args`` to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def shared_sgd_run(tmp_path_factory):
     """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
 
-    Kept identical in test_reliability.py: whichever module runs first trains, the other reuses
-    the folder (keyed by the flags).  Callers must not write into it.
+    test_reliability.py imports this too: whichever module runs first trains, the other reuses
+    the folder.  Callers must not write into it (copy it).
     """
     key = hashlib.sha1(' '.join(SGD_ARGS).encode()).hexdigest()[:10]
     folder = tmp_path_factory.getbasetemp() / f'shared_sgd_{key}'
@@ -88,7 +100,8 @@ def flat_snapshot(path, model):
 # ------------------------------------------------------------------------------------ SGD
 
 def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
-    folder, _ = sgd_run
+    folder, output = sgd_run
+    assert '500 train' in output['stdout'] and '100 labels corrupted' in output['stdout']
     for k in range(3):
         state = torch.load(folder / f'{k}.pt', map_location='cpu', weights_only=True)
         utils.check_state_dict(state, models.get_model('resnet8'), f'{k}.pt')
