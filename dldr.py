@@ -178,6 +178,7 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
     for a, b in ranges:
         w_chunk = _centred_chunk(snapshots, a, b, device)
         gram.addmm_(w_chunk, w_chunk.T)
+    del w_chunk  # free the last chunk before pass 2 allocates P
     gram = gram.cpu()
     if not torch.isfinite(gram).all():
         raise ValueError('snapshots contain non-finite values')
@@ -197,6 +198,7 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
         rows = coefficients @ _centred_chunk(snapshots, a, b, device)
         overlap.addmm_(rows, rows.T)
         P[:, a:b] = rows
+    del rows
 
     # P P^T = L L^T  =>  L^{-1} P has orthonormal rows (row i mixes only rows 1..i).
     cholesky = torch.linalg.cholesky(overlap)
