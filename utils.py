@@ -718,11 +718,7 @@ def extract_basis(args, model, device):
     """
     import dldr
     folder = args.pretrain_dir or args.save_dir
-    t = args.params_end - args.params_start
-    if args.n_components >= t:
-        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
-                        f'snapshots ({t}: {args.params_start}..{args.params_end - 1}): a centred '
-                        f'trajectory of t snapshots has rank <= t-1')
+    t = args.params_end - args.params_start  # finish_args has checked n_components < t
     trajectory = open_trajectory(folder, args.params_start, args.params_end, model)
     start = time.time()
     try:

@@ -494,7 +494,7 @@ def test_pbfgs_state_dict_round_trip():
     buffer = io.BytesIO()
     torch.save({'model': model_a.state_dict(), 'opt': opt_a.state_dict()}, buffer)
     buffer.seek(0)
-    saved = torch.load(buffer)
+    saved = torch.load(buffer, weights_only=True)
 
     model_b, opt_b, closure_b = setup()
     model_b.load_state_dict(saved['model'])
