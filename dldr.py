@@ -282,8 +282,9 @@ class PBFGS(torch.optim.Optimizer):
     The state (B, g~_prev, s, M) lives in ``self.state`` and survives ``state_dict()`` /
     ``load_state_dict()``; P itself is not saved.  B and the d-vectors are float64 on P's device:
     they cost O(d^2) and keep the update accurate when y^T s is tiny (y is a difference of two
-    noisy gradients); the n-vectors are float32.  Host syncs: one finiteness check per step and
-    one comparison per trial.
+    noisy gradients); the n-vectors are float32.  Host syncs: one per trial (its accept/reject;
+    the finiteness of the loss and gradient is read with the first trial's, so on the rare
+    non-finite step one forward pass is wasted and not counted as a trial).
 
     The closure re-evaluates the model in train mode on the current mini-batch and returns the
     loss.  :meth:`step` calls it once with grad enabled, where it must zero the gradients and
@@ -325,6 +326,13 @@ class PBFGS(torch.optim.Optimizer):
         self._buffers = list(buffers)
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._reset_curvature()
+        # Work space allocated once (a step allocates no n-vector but the gradient): the trial
+        # point with views shaped like the parameters, and two copies of the buffers (before the
+        # step, for a skipped step; after the gradient evaluation, restored after each trial).
+        self._trial = torch.empty(n, dtype=torch.float32, device=P.device)
+        self._trial_views = _views_like(self._params, self._trial)
+        self._buffers_before = [b.detach().clone() for b in self._buffers]
+        self._buffers_at_w = [b.detach().clone() for b in self._buffers]
 
     @property
     def _params(self) -> list[Tensor]:
@@ -370,59 +378,74 @@ class PBFGS(torch.optim.Optimizer):
             state['B'] = B
         return B
 
-    def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor,
-                     slope: Tensor) -> tuple[float, Tensor]:
-        """Backtracking Armijo search along w + α direction; returns (α, new w), (0, w) on failure.
+    def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor, slope: Tensor,
+                     finite: Tensor) -> float | None:
+        """Backtracking Armijo search along w + α direction.
 
-        Every trial point is computed from the saved w (no drift) and the buffers are restored after
-        each trial; the caller writes the returned weights.
+        Returns the accepted α with the parameters left at that trial point, 0.0 when every trial
+        failed (parameters left at the last trial: the caller rewrites them), or None when
+        ``finite`` (a device bool: loss and gradient at w are finite) is false.  ``finite`` is read
+        together with the first trial's comparison, so a step costs one host sync per trial and no
+        other.  Every trial point is computed from the saved w (no drift) and the buffers are
+        restored after each trial.
         """
         group = self.param_groups[0]
-        buffers = [b.clone() for b in self._buffers]
+        _copy_all_(self._buffers_at_w, self._buffers)
         step_size = 1.0
-        for _ in range(group['max_trials']):
-            trial = torch.add(w, direction, alpha=step_size)
-            set_flat_params_(self._params, trial)
+        for trial_index in range(group['max_trials']):
+            torch.add(w, direction, alpha=step_size, out=self._trial)
+            torch._foreach_copy_(self._params, self._trial_views)
             trial_loss = closure()
-            _copy_all_(self._buffers, buffers)
+            _copy_all_(self._buffers, self._buffers_at_w)
+            accept = _as_float64(trial_loss, w.device) < loss + group['sigma'] * step_size * slope
+            if trial_index == 0:
+                is_finite, accepted = torch.stack((finite, accept)).tolist()
+                if not is_finite:  # this evaluation was wasted; it is not counted as a trial
+                    return None
+            else:
+                accepted = bool(accept)
             self.stats['trials'] += 1
-            if bool(_as_float64(trial_loss, w.device) < loss + group['sigma'] * step_size * slope):
-                return step_size, trial
+            if accepted:
+                return step_size
             step_size *= group['rho']
         self.stats['failed_searches'] += 1
-        return 0.0, w
+        return 0.0
 
     @torch.no_grad()
     def step(self, closure) -> Tensor:
         """One P-BFGS step; returns the loss at the evaluation point (before the step)."""
         group, state, subspace = self.param_groups[0], self._state, self.subspace
         self.stats['steps'] += 1
-        buffers_before = [b.clone() for b in self._buffers]
+        _copy_all_(self._buffers_before, self._buffers)
         with torch.enable_grad():
             loss = closure()
         grad = flat_grad(self._params)
         coords32 = subspace.coords(grad)
         f = _as_float64(loss, grad.device)
-        if not bool(torch.isfinite(f) & torch.isfinite(coords32).all()):
-            _copy_all_(self._buffers, buffers_before)
+        finite = torch.isfinite(f) & torch.isfinite(coords32).all()  # read with the first trial
+
+        coords = coords32.double()
+        B = self._update_inverse_hessian(coords)
+        direction = -(B @ coords)
+        w = flat_params(self._params)
+        step_size = self._line_search(closure, f, w, subspace.lift(direction.float()),
+                                      coords @ direction, finite)
+        if step_size is None:  # non-finite loss or gradient: skip the whole step
+            set_flat_params_(self._params, w)
+            _copy_all_(self._buffers, self._buffers_before)
             self._reset_curvature()
             self.stats['nonfinite_skips'] += 1
             return loss
-
-        coords = coords32.double()
-        direction = -(self._update_inverse_hessian(coords) @ coords)
-        w = flat_params(self._params)
-        step_size, w_new = self._line_search(closure, f, w, subspace.lift(direction.float()),
-                                             coords @ direction)
         state['prev_coords'] = coords
         state['prev_step'] = step_size * direction
+        if step_size == 0.0:
+            set_flat_params_(self._params, w)
         if group['alpha'] != 0.0:
             if 'residual_momentum' not in state:
                 state['residual_momentum'] = torch.zeros_like(grad)
             momentum = state['residual_momentum']
             momentum.mul_(group['gamma']).add_(grad - subspace.lift(coords32))
-            w_new = w_new - group['alpha'] * momentum
-        set_flat_params_(self._params, w_new)
+            torch._foreach_sub_(self._params, _views_like(self._params, group['alpha'] * momentum))
         return loss
 
 

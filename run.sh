@@ -33,12 +33,13 @@ cifar100() {
 
 demo() {
     # ResNet20 on 5,000 synthetic images: 10 SGD epochs sample 11 snapshots (0..10), then 10-D
-    # subspace training from snapshot 0.  runs/demo is the demo's own folder: it is replaced.
+    # subspace training from snapshot 0 (P-SGD: 4 epochs, lr x0.1 after the 3rd; P-BFGS: 3 epochs
+    # of batch 256, 20 steps each).  runs/demo is the demo's own folder: it is replaced.
     local dir=runs/demo common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0 --overwrite"
     mkdir -p runs
     $py train_sgd.py $common --lr 0.1 --epochs 10 --save-dir $dir "$@" |& tee runs/demo.log
-    $py train_psgd.py $common --lr 1 --epochs 4 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
-    $py train_pbfgs.py $common --epochs 3 --batch-size 512 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
+    $py train_psgd.py $common --lr 1 --epochs 4 --lr-milestones 3 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
+    $py train_pbfgs.py $common --epochs 3 --batch-size 256 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
     python - "$dir" <<'EOF'
 import glob, json, os, sys
 rows = []

@@ -14,17 +14,17 @@ import torch
 import dldr
 import utils
 
-MILESTONES = (30, 50)  # x0.1, as the reference
-
-
 def parse_args(argv=None):
     p = utils.make_parser(
         'P-SGD: train in the d-dimensional DLDR subspace of a sampled trajectory. Gradients are '
-        'projected onto the subspace and SGD with momentum (MultiStepLR x0.1 at epochs 30 and 50) '
-        'steps on them. No weight decay: its gradient (wd * w) points out of the subspace, and '
-        'the reference uses none in this phase.',
+        'projected onto the subspace and SGD with momentum steps on them. No weight decay: its '
+        'gradient (wd * w) points out of the subspace, and the reference uses none in this phase.',
         epochs=40, lr=1.0, lr_help='learning rate of the subspace SGD')
     utils.add_subspace_args(p)
+    p.add_argument('--lr-milestones', '--lr_milestones', default=[30, 50], nargs='*',
+                   type=utils._positive_int, metavar='E',
+                   help='epochs after which the learning rate is multiplied by 0.1 (the reference: '
+                        '30 50, fixed; give none for a constant rate)')
     return utils.finish_args(p.parse_args(argv))
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
     params = dldr.trainable_params(model)
     P = run.basis.P
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, MILESTONES, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
     scaler = utils.grad_scaler(args, device)
 
     start = time.time()

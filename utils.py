@@ -176,9 +176,14 @@ def finish_args(args):
 def pick_device(name=None):
     if name:
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as e:
             raise UserError(f'bad --device {name!r}: {e}') from None
+        if device.type == 'cuda' and not torch.cuda.is_available():
+            raise UserError(f'--device {name}: no CUDA GPU is available to torch here')
+        if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+            raise UserError(f'--device {name}: only {torch.cuda.device_count()} CUDA device(s)')
+        return device
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 

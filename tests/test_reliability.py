@@ -335,6 +335,16 @@ def test_psgd_rerun_needs_overwrite(cli, trajectory):
     assert json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['args']['overwrite']
 
 
+def test_psgd_lr_milestones(cli, trajectory):
+    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', *SMALL, '--save-dir', trajectory]
+    cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '1', '2')
+    rows = json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['epochs']
+    assert [r['lr'] for r in rows] == pytest.approx([0.5, 0.05, 0.005])
+    cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '--overwrite')  # none: constant
+    rows = json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['epochs']
+    assert [r['lr'] for r in rows] == [0.5, 0.5, 0.5]
+
+
 # ----------------------------------------------------------------------------- 5. one-line errors
 
 # A subspace run that would succeed quickly on the shared trajectory (0 epochs).
@@ -404,6 +414,7 @@ SGD_ERRORS = {
     'epochs < 0': (['--epochs', '-1'], ['--epochs', '>= 0']),
     'resume missing': (['--resume', '/nonexistent/checkpoint.pt'], ['missing checkpoint']),
     'not a number': (['--lr', 'fast'], ['--lr']),
+    'no such device': (['--device', 'cuda:999'], ['--device cuda:999']),
 }
 
 
