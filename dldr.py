@@ -44,7 +44,8 @@ def _views_like(params: Sequence[Tensor], vec: Tensor) -> list[Tensor]:
 
 def flat_params(params: Sequence[Tensor]) -> Tensor:
     """Concatenation of ``params`` as a new 1-D float32 tensor."""
-    return torch.cat([p.detach().reshape(-1).float() for p in params])
+    with torch.no_grad():
+        return torch.cat([_as_float32(p.reshape(-1)) for p in params])
 
 
 @torch.no_grad()
@@ -55,8 +56,13 @@ def set_flat_params_(params: Sequence[Tensor], vec: Tensor) -> None:
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
     """Concatenation of the gradients of ``params`` as a new 1-D float32 tensor (0 where ``grad`` is None)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+    return torch.cat([_as_float32((p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1))
                       for p in params])
+
+
+def _as_float32(t: Tensor) -> Tensor:
+    # (no dispatch when already float32: these run once per parameter tensor on every step)
+    return t if t.dtype == torch.float32 else t.float()
 
 
 @torch.no_grad()
