@@ -22,7 +22,7 @@ MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,)}
 
 # Flags that define a trajectory: resuming with other values would mix two runs.
 TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
-                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last')
+                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last', 'lr_milestones')
 CHECKPOINT_KEYS = {'epoch', 'args', 'best_acc', 'epochs', 'model', 'optimizer', 'scheduler', 'rng'}
 
 
@@ -30,10 +30,17 @@ def parse_args(argv=None):
     p = utils.make_parser(
         'Regular training (SGD or Adam) that saves a snapshot of the model after every epoch: '
         'the trajectory sampled by DLDR.', epochs=200, lr=0.1, lr_help='initial learning rate')
+    p.add_argument('--lr-milestones', '--lr_milestones', default=None, nargs='*',
+                   type=utils._positive_int, metavar='E',
+                   help='epochs after which the learning rate is multiplied by 0.1 (default, as the '
+                        'reference: 100 150 on CIFAR10, 150 on CIFAR100, else 50%% and 75%% of '
+                        '--epochs; give none for a constant rate)')
     return utils.finish_args(p.parse_args(argv))
 
 
 def milestones(args):
+    if args.lr_milestones is not None:
+        return args.lr_milestones
     return MILESTONES.get(args.datasets, (args.epochs // 2, args.epochs * 3 // 4))
 
 

@@ -335,6 +335,15 @@ def test_psgd_rerun_needs_overwrite(cli, trajectory):
     assert json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['args']['overwrite']
 
 
+def test_sgd_lr_milestones(cli, tmp_path):
+    cli.ok('train_sgd', *SGD_ARGS, '--lr-milestones', '1', '--save-dir', tmp_path)
+    rows = json.loads((tmp_path / 'metrics_sgd.json').read_text())['epochs']
+    assert [r['lr'] for r in rows] == pytest.approx([0.1, 0.01])
+    # a resume must keep the trajectory's schedule
+    assert_user_error(cli.fail('train_sgd', *SGD_ARGS, '--epochs', '3', '--resume', 'auto',
+                               '--save-dir', tmp_path), '--lr_milestones', '[1]')
+
+
 def test_psgd_lr_milestones(cli, trajectory):
     base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', *SMALL, '--save-dir', trajectory]
     cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '1', '2')
