@@ -479,7 +479,19 @@ def save_tensors(obj, path):
 
 
 def save_json(obj, path):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + '\n').encode()))
+    """Write ``obj`` as strict JSON: a non-finite float (a diverged loss) becomes null."""
+    text = json.dumps(_strict_json(obj), indent=1, allow_nan=False)
+    atomic_write(path, lambda f: f.write((text + '\n').encode()))
+
+
+def _strict_json(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict_json(v) for v in obj]
+    return obj
 
 
 def load_file(path, what='file', mmap=False):

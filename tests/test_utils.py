@@ -1,5 +1,6 @@
 """Data, label noise, subsets, augmentation and snapshot files, checked against independent
 computations."""
+import json
 import os
 import pickle
 from types import SimpleNamespace
@@ -216,3 +217,15 @@ def test_missing_and_corrupt_snapshots_are_named(tmp_path):
     (tmp_path / '1.pt').write_bytes(data[: len(data) // 2])
     with pytest.raises(utils.UserError, match=r'corrupt or truncated snapshot: .*1\.pt'):
         utils.load_snapshot(str(tmp_path / '1.pt'), model)
+
+
+def test_metrics_json_is_strict_with_nonfinite_values(tmp_path):
+    path = tmp_path / 'metrics.json'
+    utils.save_json({'epochs': [{'train_loss': float('nan'), 'test_loss': float('inf'),
+                                 'test_acc': 10.0}], 'pair': (1.5, -float('inf'))}, str(path))
+
+    def refuse(constant):
+        raise ValueError(f'non-standard JSON constant {constant}')
+    data = json.loads(path.read_text(), parse_constant=refuse)
+    assert data == {'epochs': [{'train_loss': None, 'test_loss': None, 'test_acc': 10.0}],
+                    'pair': [1.5, None]}
