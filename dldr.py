@@ -444,14 +444,18 @@ class PBFGS(torch.optim.Optimizer):
             return loss
         state['prev_coords'] = coords
         state['prev_step'] = step_size * direction
+        # The parameters hold the accepted trial point, which is also in self._trial; rewrite them
+        # (from self._trial) only where they change: a failed search, or residual momentum.
         if step_size == 0.0:
-            set_flat_params_(self._params, w)
+            self._trial.copy_(w)
         if group['alpha'] != 0.0:
             if 'residual_momentum' not in state:
                 state['residual_momentum'] = torch.zeros_like(grad)
             momentum = state['residual_momentum']
-            momentum.mul_(group['gamma']).add_(grad - subspace.lift(coords32))
-            torch._foreach_sub_(self._params, _views_like(self._params, group['alpha'] * momentum))
+            momentum.mul_(group['gamma']).add_(grad).sub_(subspace.lift(coords32))
+            self._trial.sub_(momentum, alpha=group['alpha'])
+        if step_size == 0.0 or group['alpha'] != 0.0:
+            torch._foreach_copy_(self._params, self._trial_views)
         return loss
 
 

@@ -21,10 +21,7 @@ def parse_args(argv=None):
         'gradient (wd * w) points out of the subspace, and the reference uses none in this phase.',
         epochs=40, lr=1.0, lr_help='learning rate of the subspace SGD')
     utils.add_subspace_args(p)
-    p.add_argument('--lr-milestones', '--lr_milestones', default=[30, 50], nargs='*',
-                   type=utils._positive_int, metavar='E',
-                   help='epochs after which the learning rate is multiplied by 0.1 (the reference: '
-                        '30 50, fixed; give none for a constant rate)')
+    utils.add_lr_milestones_arg(p, [30, 50], '30 50, the reference\'s fixed schedule')
     return utils.finish_args(p.parse_args(argv))
 
 

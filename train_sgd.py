@@ -30,11 +30,8 @@ def parse_args(argv=None):
     p = utils.make_parser(
         'Regular training (SGD or Adam) that saves a snapshot of the model after every epoch: '
         'the trajectory sampled by DLDR.', epochs=200, lr=0.1, lr_help='initial learning rate')
-    p.add_argument('--lr-milestones', '--lr_milestones', default=None, nargs='*',
-                   type=utils._positive_int, metavar='E',
-                   help='epochs after which the learning rate is multiplied by 0.1 (default, as the '
-                        'reference: 100 150 on CIFAR10, 150 on CIFAR100, else 50%% and 75%% of '
-                        '--epochs; give none for a constant rate)')
+    utils.add_lr_milestones_arg(p, None, 'as the reference, 100 150 on CIFAR10, 150 on CIFAR100, '
+                                         'else 50%% and 75%% of --epochs')
     return utils.finish_args(p.parse_args(argv))
 
 

@@ -155,6 +155,14 @@ def add_subspace_args(p, *, params_end=51):
       help='device-memory bound of the streamed basis extraction')
 
 
+def add_lr_milestones_arg(p, default, default_help):
+    """``--lr-milestones`` (train_sgd.py, train_psgd.py): the epochs of the x0.1 decays."""
+    p.add_argument('--lr-milestones', '--lr_milestones', default=default, nargs='*',
+                   type=_positive_int, metavar='E',
+                   help=f'epochs after which the learning rate is multiplied by 0.1 (default: '
+                        f'{default_help}; give none for a constant rate)')
+
+
 def finish_args(args):
     """Checks no single ``type=`` can make, and the ``--half`` alias."""
     if args.half:
@@ -179,10 +187,10 @@ def pick_device(name=None):
             device = torch.device(name)
         except RuntimeError as e:
             raise UserError(f'bad --device {name!r}: {e}') from None
-        if device.type == 'cuda' and not torch.cuda.is_available():
-            raise UserError(f'--device {name}: no CUDA GPU is available to torch here')
-        if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-            raise UserError(f'--device {name}: only {torch.cuda.device_count()} CUDA device(s)')
+        # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
+        if device.type == 'cuda' and not 0 <= (device.index or 0) < torch.cuda.device_count():
+            raise UserError(f'--device {name}: torch sees {torch.cuda.device_count()} CUDA '
+                            f'device(s) here')
         return device
     return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
