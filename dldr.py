@@ -7,11 +7,19 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   (BatchNorm running statistics are buffers, not part of the vector).
 * :func:`dldr_basis` (Algorithm 1): P (d x n, orthonormal rows) spanning the top-d principal
   directions of the centred snapshots, computed by streaming over chunks of coordinates.
-* :class:`Subspace` / :func:`project_grads_`: g -> P g (coordinates), c -> P^T c (lift); P-SGD is
-  ``torch.optim.SGD`` applied to projected gradients P^T P g.
+* :class:`Subspace`: the one interface every subspace kind offers — ``coords`` (g -> P g),
+  ``lift`` (c -> P^T c), ``dim``.  :class:`DenseSubspace` holds an explicit P (DLDR and the other
+  dense bases).  P-SGD (:func:`project_grads_`, then ``torch.optim.SGD``) and P-BFGS never know
+  which kind they have.
 * :class:`PBFGS` (Algorithm 2): BFGS on the coordinates g~ = P g with a backtracking Armijo
   line search, optionally plus momentum on the residual g - P^T g~.
+* :class:`Comm`: the one place where data-parallel ranks communicate.  A subspace step exchanges
+  the d coordinates of the gradient (mean_r P g_r = P mean_r g_r) and the loss scalars, never an
+  n-vector; the basis extraction exchanges t x t and d x d partial sums and gathers P once.  The
+  default :data:`LOCAL` is a single process (no communication); ``engine.DistComm`` implements it
+  with ``torch.distributed``.
 """
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +31,40 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 
 RANK_RTOL = 1e-10
 """:func:`dldr_basis` rejects a component whose eigenvalue is <= RANK_RTOL * largest eigenvalue."""
+
+
+# --------------------------------------------------------------------------------------------
+# Communication between data-parallel ranks
+# --------------------------------------------------------------------------------------------
+
+class Comm:
+    """Collectives of a group of data-parallel ranks; this base class is one process alone.
+
+    Everything the method communicates passes through :meth:`all_reduce_` and
+    :meth:`all_gather_`: wrap them to count or log the traffic.
+    """
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_(self, tensor: Tensor, op: str = 'mean') -> Tensor:
+        """Reduce ``tensor`` in place over the ranks (``op``: 'mean' or 'sum'); return it."""
+        return tensor
+
+    def all_gather_(self, out: list[Tensor], tensor: Tensor) -> None:
+        """Copy every rank's ``tensor`` (equal shapes) into ``out[rank]``."""
+        out[0].copy_(tensor)
+
+
+LOCAL = Comm()
+"""The single-process :class:`Comm` (no communication)."""
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous block [a, b) of ``n`` coordinates: equal blocks of
+    ceil(n / world_size), the last ones shorter (possibly empty)."""
+    size = math.ceil(n / world_size)
+    return min(rank * size, n), min((rank + 1) * size, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,7 +87,7 @@ def _views_like(params: Sequence[Tensor], vec: Tensor) -> list[Tensor]:
 def flat_params(params: Sequence[Tensor]) -> Tensor:
     """Concatenation of ``params`` as a new 1-D float32 tensor."""
     with torch.no_grad():
-        return torch.cat([_as_float32(p.reshape(-1)) for p in params])
+        return torch.cat([_float32(p.reshape(-1)) for p in params])
 
 
 @torch.no_grad()
@@ -56,11 +98,11 @@ def set_flat_params_(params: Sequence[Tensor], vec: Tensor) -> None:
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
     """Concatenation of the gradients of ``params`` as a new 1-D float32 tensor (0 where ``grad`` is None)."""
-    return torch.cat([_as_float32((p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1))
+    return torch.cat([_float32((p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1))
                       for p in params])
 
 
-def _as_float32(t: Tensor) -> Tensor:
+def _float32(t: Tensor) -> Tensor:
     # (no dispatch when already float32: these run once per parameter tensor on every step)
     return t if t.dtype == torch.float32 else t.float()
 
@@ -137,7 +179,8 @@ def _centred_chunk(snapshots, start: int, stop: int, device: torch.device) -> Te
     return block.sub_(block.mean(dim=0, keepdim=True))
 
 
-def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None) -> Basis:
+def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None,
+               comm: Comm = LOCAL) -> Basis:
     """Top-``n_components`` principal directions of a trajectory (paper Algorithm 1).
 
     With X = [w_1 .. w_t] (n x t) and W = X H its centred version (H = I - 11^T/t), the rows of
@@ -150,6 +193,11 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
     until P is stored as float32; the rows are finally re-orthonormalised (Cholesky of P P^T) to
     remove the effect of rounding in G and its eigendecomposition.
 
+    With several ranks (``comm``), rank r streams only its block :func:`shard_range` of the
+    coordinates: the t x t Gram partials and the d x d overlap partials are summed over the
+    ranks, every rank decomposes the same summed G on the CPU (identical input, identical
+    result), and the rows of P are gathered so that every rank returns the whole P.
+
     Args:
         snapshots: a (t, n) tensor, or a sequence of t snapshots each supporting ``len(s) == n``
             and ``s[a:b]`` (a 1-D tensor or array of any dtype/device), e.g. memory-mapped files.
@@ -157,6 +205,7 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
         device: where to compute and store P (default: the tensor's device, else CPU).
         max_bytes: bound on the per-chunk working memory, about 8 (t + 2d + 1) bytes per
             coordinate (default :data:`DEFAULT_MAX_BYTES`); the d x n result P is not counted.
+        comm: the ranks sharing the work (default: this process alone).
 
     Raises:
         ValueError: bad ``n_components``, snapshots of unequal length, non-finite snapshots, or a
@@ -178,14 +227,15 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
     if max_bytes <= 0:
         raise ValueError(f'max_bytes must be positive, got {max_bytes}')
     chunk = max(1, max_bytes // (8 * (t + 2 * d + 1)))
-    ranges = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    lo, hi = shard_range(n, comm.rank, comm.world_size)
+    ranges = [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
 
     gram = torch.zeros(t, t, dtype=torch.float64, device=device)
     for a, b in ranges:
         w_chunk = _centred_chunk(snapshots, a, b, device)
         gram.addmm_(w_chunk, w_chunk.T)
-    del w_chunk  # free the last chunk before pass 2 allocates P
-    gram = gram.cpu()
+        del w_chunk  # free the last chunk before pass 2 allocates P
+    gram = comm.all_reduce_(gram, 'sum').cpu()
     if not torch.isfinite(gram).all():
         raise ValueError('snapshots contain non-finite values')
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
@@ -198,21 +248,35 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
                          f'(duplicate snapshots?); use fewer components')
 
     coefficients = (eigenvectors[:, :d] / eigenvalues[:d].sqrt()).T.contiguous().to(device)  # d x t
-    P = torch.empty(d, n, dtype=torch.float32, device=device)
+    block = torch.empty(d, hi - lo, dtype=torch.float32, device=device)
     overlap = torch.zeros(d, d, dtype=torch.float64, device=device)
     for a, b in ranges:
         rows = coefficients @ _centred_chunk(snapshots, a, b, device)
         overlap.addmm_(rows, rows.T)
-        P[:, a:b] = rows
-    del rows
+        block[:, a - lo:b - lo] = rows
+        del rows
+    comm.all_reduce_(overlap, 'sum')
 
     # P P^T = L L^T  =>  L^{-1} P has orthonormal rows (row i mixes only rows 1..i).
     cholesky = torch.linalg.cholesky(overlap)
     whitening = torch.linalg.solve_triangular(
         cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
     for a, b in ranges:
-        P[:, a:b] = whitening @ P[:, a:b].double()
-    return Basis(P=P, eigenvalues=eigenvalues)
+        block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].double()
+    return Basis(P=_gather_columns(block, n, comm), eigenvalues=eigenvalues)
+
+
+def _gather_columns(block: Tensor, n: int, comm: Comm) -> Tensor:
+    """The d x n matrix whose columns :func:`shard_range` are every rank's ``block``."""
+    if comm.world_size == 1:
+        return block
+    size = math.ceil(n / comm.world_size)
+    padded = torch.zeros(block.shape[0], size * comm.world_size, dtype=block.dtype, device=block.device)
+    mine = torch.zeros(size, dtype=block.dtype, device=block.device)
+    for i, row in enumerate(block):  # row by row: no second d x n copy is ever held
+        mine[:row.numel()] = row
+        comm.all_gather_(list(padded[i].split(size)), mine)
+    return padded[:, :n]
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,46 +284,75 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
 # --------------------------------------------------------------------------------------------
 
 class Subspace:
-    """The subspace span(P^T) of an orthonormal-row basis P (d x n)."""
+    """A d-dimensional subspace of the n-dimensional parameter space, seen through its coordinates.
 
-    def __init__(self, P: Tensor):
-        if P.ndim != 2:
-            raise ValueError(f'P must be 2-D (d, n), got shape {tuple(P.shape)}')
-        self.P = P
+    Every subspace kind implements :meth:`coords` (g -> P g) and :meth:`lift` (c -> P^T c) for a P
+    with orthonormal rows (so ``lift`` is the adjoint of ``coords`` and ``project`` is the
+    orthogonal projection); P-SGD and P-BFGS use nothing else.
+    """
 
-    @property
-    def dim(self) -> int:
-        """d."""
-        return self.P.shape[0]
+    dim: int
+    """d, the number of coordinates."""
+    n: int
+    """n, the length of the parameter vectors."""
 
     def coords(self, g: Tensor) -> Tensor:
-        """P g: coordinates (d) of the n-vector ``g`` in the basis."""
-        return torch.mv(self.P, g)
+        """P g: the d coordinates of the n-vector ``g``."""
+        raise NotImplementedError
 
     def lift(self, c: Tensor) -> Tensor:
         """P^T c: the n-vector with coordinates ``c``."""
-        return torch.mv(self.P.T, c)
+        raise NotImplementedError
 
     def project(self, g: Tensor) -> Tensor:
         """P^T P g: orthogonal projection of ``g`` onto the subspace."""
         return self.lift(self.coords(g))
 
 
-@torch.no_grad()
-def project_grads_(params: Sequence[Tensor], P: Tensor) -> None:
-    """Replace the gradients of ``params`` by their projection P^T P g (for P-SGD).
+class DenseSubspace(Subspace):
+    """The subspace span(P^T) of an explicit basis P (d x n, orthonormal rows)."""
 
-    An optimizer that only sees projected gradients (e.g. SGD with momentum, no weight decay)
-    keeps every iterate in w_start + span(P^T).
+    def __init__(self, P: Tensor):
+        if P.ndim != 2:
+            raise ValueError(f'P must be 2-D (d, n), got shape {tuple(P.shape)}')
+        self.P = P
+        self.dim, self.n = P.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.P.device
+
+    def coords(self, g: Tensor) -> Tensor:
+        return torch.mv(self.P, g)
+
+    def lift(self, c: Tensor) -> Tensor:
+        return torch.mv(self.P.T, c)
+
+
+def as_subspace(basis) -> Subspace:
+    """A :class:`Subspace` as is; a d x n tensor P as its :class:`DenseSubspace`."""
+    return basis if isinstance(basis, Subspace) else DenseSubspace(basis)
+
+
+@torch.no_grad()
+def project_grads_(params: Sequence[Tensor], subspace, comm: Comm = LOCAL) -> Tensor:
+    """Replace the gradients of ``params`` by P^T c, c = the rank-mean of P g (for P-SGD).
+
+    Ranks exchange only the d coordinates c (mean_r P g_r = P mean_r g_r).  An optimizer that only
+    sees these gradients (SGD with momentum, no weight decay) keeps every iterate in
+    w_start + span(P^T).  ``subspace``: a :class:`Subspace` or a d x n tensor P.  Returns c.
     """
-    set_flat_grad_(params, Subspace(P).project(flat_grad(params)))
+    subspace = as_subspace(subspace)
+    coords = comm.all_reduce_(subspace.coords(flat_grad(params)))
+    set_flat_grad_(params, subspace.lift(coords))
+    return coords
 
 
 # --------------------------------------------------------------------------------------------
 # Algorithm 2: P-BFGS
 # --------------------------------------------------------------------------------------------
 
-STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips')
+STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips', 'step_size_sum')
 
 
 class PBFGS(torch.optim.Optimizer):
@@ -283,8 +376,15 @@ class PBFGS(torch.optim.Optimizer):
     weights end bit-exactly at w (+ the residual momentum term) or at the accepted trial point.
 
     ``stats`` counts ``steps``, ``trials`` (closure evaluations in line searches),
-    ``failed_searches`` and ``nonfinite_skips`` since the last :meth:`reset_stats`.
-    ``params`` must be ordered as the flat vectors P was built from (:func:`trainable_params`).
+    ``failed_searches`` and ``nonfinite_skips`` and sums the accepted step sizes α
+    (``step_size_sum``) since the last :meth:`reset_stats`.
+
+    Data-parallel ranks (``comm``) each evaluate the closure on their share of the mini-batch; the
+    loss and the d gradient coordinates are averaged in one all-reduce per step and each trial's
+    loss in one scalar all-reduce, so B, every decision and every iterate are identical on all
+    ranks.  No n-vector is communicated (except the residual with ``alpha`` > 0).
+    ``subspace`` is a :class:`Subspace` (or a d x n tensor P); ``params`` must be ordered as the
+    flat vectors it was built from (:func:`trainable_params`).
     The state (B, g~_prev, s, M) lives in ``self.state`` and survives ``state_dict()`` /
     ``load_state_dict()``; P itself is not saved.  B and the d-vectors are float64 on P's device:
     they cost O(d^2) and keep the update accurate when y^T s is tiny (y is a difference of two
@@ -309,9 +409,9 @@ class PBFGS(torch.optim.Optimizer):
         loss = optimizer.step(closure)
     """
 
-    def __init__(self, params: Iterable[Tensor], P: Tensor, *, buffers: Iterable[Tensor] = (),
+    def __init__(self, params: Iterable[Tensor], subspace, *, buffers: Iterable[Tensor] = (),
                  sigma: float = 0.4, rho: float = 0.4, max_trials: int = 20, alpha: float = 0.0,
-                 gamma: float = 0.9, curvature_eps: float = 1e-20):
+                 gamma: float = 0.9, curvature_eps: float = 1e-20, comm: Comm = LOCAL):
         if not 0.0 < sigma < 1.0:
             raise ValueError(f'sigma must be in (0, 1), got {sigma}')
         if not 0.0 < rho < 1.0:
@@ -326,16 +426,20 @@ class PBFGS(torch.optim.Optimizer):
         if len(self.param_groups) != 1:
             raise ValueError('PBFGS supports a single parameter group')
         n = sum(p.numel() for p in self._params)
-        if P.ndim != 2 or P.shape[1] != n:
-            raise ValueError(f'P must have shape (d, {n}) for these parameters, got {tuple(P.shape)}')
-        self.subspace = Subspace(P)
+        if isinstance(subspace, Tensor) and (subspace.ndim != 2 or subspace.shape[1] != n):
+            raise ValueError(f'P must have shape (d, {n}) for these parameters, '
+                             f'got {tuple(subspace.shape)}')
+        self.subspace = as_subspace(subspace)
+        if self.subspace.n != n:
+            raise ValueError(f'the subspace lives in R^{self.subspace.n}, these parameters in R^{n}')
+        self.comm = comm
         self._buffers = list(buffers)
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._reset_curvature()
         # Work space allocated once (a step allocates no n-vector but the gradient): the trial
         # point with views shaped like the parameters, and two copies of the buffers (before the
         # step, for a skipped step; after the gradient evaluation, restored after each trial).
-        self._trial = torch.empty(n, dtype=torch.float32, device=P.device)
+        self._trial = torch.empty(n, dtype=torch.float32, device=self._params[0].device)
         self._trial_views = _views_like(self._params, self._trial)
         self._buffers_before = [b.detach().clone() for b in self._buffers]
         self._buffers_at_w = [b.detach().clone() for b in self._buffers]
@@ -345,14 +449,17 @@ class PBFGS(torch.optim.Optimizer):
         return self.param_groups[0]['params']
 
     @property
+    def _device(self) -> torch.device:
+        return self._params[0].device
+
+    @property
     def _state(self) -> dict:
         """All optimizer state, kept under the first parameter (as torch.optim.LBFGS does)."""
         return self.state[self._params[0]]
 
     def _reset_curvature(self) -> None:
         """B <- I and forget g~_prev and s."""
-        P = self.subspace.P
-        self._state['B'] = torch.eye(self.subspace.dim, dtype=torch.float64, device=P.device)
+        self._state['B'] = torch.eye(self.subspace.dim, dtype=torch.float64, device=self._device)
         self._state.pop('prev_coords', None)
         self._state.pop('prev_step', None)
 
@@ -368,7 +475,7 @@ class PBFGS(torch.optim.Optimizer):
         saved = next(iter(state_dict['state'].values()), {})
         for key, value in saved.items():
             if isinstance(value, Tensor):
-                self._state[key] = value.to(device=self.subspace.P.device, copy=True)
+                self._state[key] = value.to(device=self._device, copy=True)
 
     def _update_inverse_hessian(self, coords: Tensor) -> Tensor:
         """BFGS update of B from y = g~ - g~_prev and s, on device (r = 0 skips it)."""
@@ -392,8 +499,9 @@ class PBFGS(torch.optim.Optimizer):
         failed (parameters left at the last trial: the caller rewrites them), or None when
         ``finite`` (a device bool: loss and gradient at w are finite) is false.  ``finite`` is read
         together with the first trial's comparison, so a step costs one host sync per trial and no
-        other.  Every trial point is computed from the saved w (no drift) and the buffers are
-        restored after each trial.
+        other.  Each trial's loss is the rank-mean (one scalar all-reduced), so every rank makes
+        the same decision.  Every trial point is computed from the saved w (no drift) and the
+        buffers are restored after each trial.
         """
         group = self.param_groups[0]
         _copy_all_(self._buffers_at_w, self._buffers)
@@ -401,9 +509,9 @@ class PBFGS(torch.optim.Optimizer):
         for trial_index in range(group['max_trials']):
             torch.add(w, direction, alpha=step_size, out=self._trial)
             torch._foreach_copy_(self._params, self._trial_views)
-            trial_loss = closure()
+            trial_loss = self.comm.all_reduce_(_loss_tensor(closure(), self._device))
             _copy_all_(self._buffers, self._buffers_at_w)
-            accept = _as_float64(trial_loss, w.device) < loss + group['sigma'] * step_size * slope
+            accept = trial_loss[0].double() < loss + group['sigma'] * step_size * slope
             if trial_index == 0:
                 is_finite, accepted = torch.stack((finite, accept)).tolist()
                 if not is_finite:  # this evaluation was wasted; it is not counted as a trial
@@ -412,6 +520,7 @@ class PBFGS(torch.optim.Optimizer):
                 accepted = bool(accept)
             self.stats['trials'] += 1
             if accepted:
+                self.stats['step_size_sum'] += step_size
                 return step_size
             step_size *= group['rho']
         self.stats['failed_searches'] += 1
@@ -419,16 +528,19 @@ class PBFGS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure) -> Tensor:
-        """One P-BFGS step; returns the loss at the evaluation point (before the step)."""
+        """One P-BFGS step; returns the loss at the evaluation point (before the step), the mean
+        over the ranks."""
         group, state, subspace = self.param_groups[0], self._state, self.subspace
         self.stats['steps'] += 1
         _copy_all_(self._buffers_before, self._buffers)
         with torch.enable_grad():
             loss = closure()
         grad = flat_grad(self._params)
-        coords32 = subspace.coords(grad)
-        f = _as_float64(loss, grad.device)
-        finite = torch.isfinite(f) & torch.isfinite(coords32).all()  # read with the first trial
+        # One message per step: the d gradient coordinates and the loss, averaged over the ranks.
+        packed = self.comm.all_reduce_(torch.cat((subspace.coords(grad),
+                                                  _loss_tensor(loss, grad.device))))
+        coords32, f = packed[:-1], packed[-1].double()
+        finite = torch.isfinite(packed).all()  # read with the first trial
 
         coords = coords32.double()
         B = self._update_inverse_hessian(coords)
@@ -441,7 +553,7 @@ class PBFGS(torch.optim.Optimizer):
             _copy_all_(self._buffers, self._buffers_before)
             self._reset_curvature()
             self.stats['nonfinite_skips'] += 1
-            return loss
+            return packed[-1]
         state['prev_coords'] = coords
         state['prev_step'] = step_size * direction
         # The parameters hold the accepted trial point, which is also in self._trial; rewrite them
@@ -449,6 +561,9 @@ class PBFGS(torch.optim.Optimizer):
         if step_size == 0.0:
             self._trial.copy_(w)
         if group['alpha'] != 0.0:
+            # The residual g - P^T g~ needs the rank-mean of the whole gradient: an n-vector
+            # all-reduce, paid only when residual momentum is on.
+            self.comm.all_reduce_(grad)
             if 'residual_momentum' not in state:
                 state['residual_momentum'] = torch.zeros_like(grad)
             momentum = state['residual_momentum']
@@ -456,7 +571,7 @@ class PBFGS(torch.optim.Optimizer):
             self._trial.sub_(momentum, alpha=group['alpha'])
         if step_size == 0.0 or group['alpha'] != 0.0:
             torch._foreach_copy_(self._params, self._trial_views)
-        return loss
+        return packed[-1]
 
 
 def _copy_all_(targets: list[Tensor], sources: list[Tensor]) -> None:
@@ -465,6 +580,8 @@ def _copy_all_(targets: list[Tensor], sources: list[Tensor]) -> None:
         torch._foreach_copy_(targets, sources)
 
 
-def _as_float64(loss, device: torch.device) -> Tensor:
-    """A closure's loss (tensor or number) as a detached float64 scalar tensor on ``device``."""
-    return torch.as_tensor(loss, device=device).detach().to(torch.float64)
+def _loss_tensor(loss, device: torch.device) -> Tensor:
+    """A closure's loss (tensor or number) as a detached 1-element tensor on ``device``: float64
+    if it is float64, else float32 (4 bytes on the wire)."""
+    loss = torch.as_tensor(loss, device=device).detach().reshape(1)
+    return loss if loss.dtype == torch.float64 else loss.float()

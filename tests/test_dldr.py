@@ -136,7 +136,7 @@ def test_flat_vectors_follow_named_parameters_and_skip_buffers_and_frozen():
 def test_subspace_coords_lift_project_match_numpy():
     P = random_orthonormal_rows(3, 50, seed=1)
     g = torch.randn(50)
-    sub = dldr.Subspace(P)
+    sub = dldr.DenseSubspace(P)
     Pn, gn = P.double().numpy(), g.double().numpy()
     np.testing.assert_allclose(sub.coords(g).numpy(), Pn @ gn, atol=1e-5)
     np.testing.assert_allclose(sub.lift(g[:3]).numpy(), Pn.T @ gn[:3], atol=1e-5)
@@ -385,7 +385,8 @@ def test_pbfgs_trials_restore_weights_and_buffers_exactly():
 
     optimizer.step(failing_closure)
     assert len(seen['at_trials']) == 5
-    assert optimizer.stats == {'steps': 1, 'trials': 5, 'failed_searches': 1, 'nonfinite_skips': 0}
+    assert optimizer.stats == {'steps': 1, 'trials': 5, 'failed_searches': 1, 'nonfinite_skips': 0,
+                               'step_size_sum': 0}
     for at_entry, trial_params in seen['at_trials']:
         assert all(torch.equal(a, b) for a, b in zip(at_entry, seen['after_eval']))
         assert not all(torch.equal(a, b) for a, b in zip(trial_params, w_before))  # trials moved
