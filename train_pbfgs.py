@@ -3,7 +3,10 @@
 Extracts the top-d principal directions P of snapshots params_start..params_end-1 (written by
 train_sgd.py), starts from snapshot params_start, and on each mini-batch updates a d x d
 inverse-Hessian estimate by BFGS and steps along -B g~ with a backtracking Armijo line search
-evaluated on the same mini-batch (in memory: weights and BN statistics are restored exactly).
+evaluated on the same mini-batch (in memory: weights and BN statistics are restored exactly).  Under torchrun each rank evaluates
+its share of every mini-batch; the ranks average the loss and the d gradient coordinates (one
+all-reduce of d + 1 numbers per step) and every trial's loss (one number), so all ranks take the
+same steps.
 
     python -u train_pbfgs.py --epochs 20 --datasets CIFAR10 --params_start 0 --params_end 81 \
         --batch-size 1024 --n_components 40 --arch=resnet20 --save-dir=save_resnet20 |& tee -a log
@@ -14,21 +17,21 @@ import torch
 import torch.nn.functional as F
 
 import dldr
-import utils
+import engine
 
 
 def parse_args(argv=None):
-    p = utils.make_parser(
+    p = engine.make_parser(
         'P-BFGS: quasi-Newton training in the d-dimensional DLDR subspace of a sampled trajectory '
         '(Armijo sigma 0.4, backtracking rho 0.4, at most 20 trials per step; when all trials fail '
         'no step is taken). No weight decay.',
         epochs=100, lr=1.0, lr_help='unused (kept for the reference command lines): the line '
                                     'search sets the step')
-    utils.add_subspace_args(p)
-    p.add_argument('--accumulate', default=1, type=utils._positive_int, metavar='K',
+    engine.add_subspace_args(p)
+    p.add_argument('--accumulate', default=1, type=engine.positive_int, metavar='K',
                    help='average the gradients of K mini-batches per step (the line search uses '
                         'the last one)')
-    return utils.finish_args(p.parse_args(argv))
+    return engine.finish_args(p.parse_args(argv))
 
 
 def groups_of(loader, k):
@@ -46,37 +49,37 @@ def groups_of(loader, k):
 def main(argv=None):
     args = parse_args(argv)
     if args.amp == 'fp16':
-        raise utils.UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
-                              '--amp bf16 or off (not fp16 / --half)')
-    run = utils.prepare_subspace_run(args, 'pbfgs')
+        raise engine.UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
+                               '--amp bf16 or off (not fp16 / --half)')
+    run = engine.prepare_subspace_run(args, 'pbfgs')
     if run is None:
         return
-    model, device = run.model, run.device
-    optimizer = dldr.PBFGS(dldr.trainable_params(model), run.basis.P, buffers=list(model.buffers()),
-                           alpha=args.alpha, gamma=args.gamma)
+    model, context, device = run.model, run.context, run.device
+    optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
+                           alpha=args.alpha, gamma=args.gamma, comm=context.comm)
 
     start = time.time()
     steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         model.train()
-        meter = utils.EpochMeter(device)
-        for group in utils.progress(groups_of(run.train_loader, args.accumulate), steps_per_epoch,
-                                    f'epoch {epoch + 1}', args.print_freq):
+        meter = engine.EpochMeter(device)
+        for group in engine.progress(groups_of(run.train_loader, args.accumulate), steps_per_epoch,
+                                     f'epoch {epoch + 1}', args.print_freq, context.is_main):
             *earlier, (x, y) = group
 
             def closure():
                 if not torch.is_grad_enabled():  # a line-search trial: loss on the last batch
-                    with utils.autocast(device, args.amp):
+                    with engine.autocast(device, args.amp):
                         return F.cross_entropy(model(x).float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 for xb, yb in earlier:
-                    with utils.autocast(device, args.amp):
+                    with engine.autocast(device, args.amp):
                         out = model(xb)
                         loss = F.cross_entropy(out.float(), yb)
                     (loss / len(group)).backward()
                     meter.update(loss, out, yb)
-                with utils.autocast(device, args.amp):
+                with engine.autocast(device, args.amp):
                     out = model(x)
                     loss = F.cross_entropy(out.float(), y)
                 (loss / len(group)).backward()
@@ -85,18 +88,23 @@ def main(argv=None):
 
             optimizer.step(closure)
         stats = optimizer.reset_stats()
-        train_loss, train_acc = meter.result()
-        test_loss, test_acc = utils.evaluate(model, run.test_loader, device, args.amp)
-        seconds = time.time() - t0
+        train_loss, train_acc = meter.result(context.comm)
+        t1 = time.time()
+        test_loss, test_acc, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
         mean_trials = stats['trials'] / max(stats['steps'], 1)
-        print(utils.epoch_line(epoch + 1, args.epochs, 1.0, train_loss, train_acc, test_loss, test_acc,
-                               seconds, f'  trials/step {mean_trials:.2f}  failed {stats["failed_searches"]}'
-                               f'  skipped {stats["nonfinite_skips"]}'), flush=True)
+        accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
+        mean_step = stats.pop('step_size_sum') / max(accepted, 1)
+        context.print(engine.epoch_line(
+            epoch + 1, args.epochs, None, train_loss, train_acc, test_loss, test_acc, t1 - t0,
+            eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
+                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}'))
         run.record.add_epoch({'epoch': epoch + 1, 'train_loss': train_loss, 'train_acc': train_acc,
-                              'test_loss': test_loss, 'test_acc': test_acc, 'seconds': seconds,
+                              'test_loss': test_loss, 'test_acc': test_acc,
+                              'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
+                              'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
                               'mean_trials': mean_trials, **stats})
-    utils.finish_subspace_run(run, start)
+    engine.finish_subspace_run(run, start)
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    engine.run_cli(main)

@@ -2,62 +2,65 @@
 
 Extracts the top-d principal directions P of snapshots params_start..params_end-1 (written by
 train_sgd.py), starts from snapshot params_start and replaces every gradient g by its projection
-PᵀP g, so every iterate stays in w_start + span(Pᵀ).
+PᵀP g, so every iterate stays in w_start + span(Pᵀ).  Under torchrun each rank projects its own
+gradient and the ranks average the d coordinates: d numbers per step, not n.
 
     python -u train_psgd.py --epochs 40 --datasets CIFAR10 --lr 1 --params_start 0 --params_end 81 \
         --batch-size 128 --n_components 40 --arch=resnet20 --save-dir=save_resnet20 |& tee -a log
 """
+import math
 import time
 
 import torch
 
 import dldr
-import utils
+import engine
+
 
 def parse_args(argv=None):
-    p = utils.make_parser(
+    p = engine.make_parser(
         'P-SGD: train in the d-dimensional DLDR subspace of a sampled trajectory. Gradients are '
         'projected onto the subspace and SGD with momentum steps on them. No weight decay: its '
         'gradient (wd * w) points out of the subspace, and the reference uses none in this phase.',
         epochs=40, lr=1.0, lr_help='learning rate of the subspace SGD')
-    utils.add_subspace_args(p)
-    utils.add_lr_milestones_arg(p, [30, 50], '30 50, the reference\'s fixed schedule')
-    return utils.finish_args(p.parse_args(argv))
+    engine.add_subspace_args(p)
+    engine.add_lr_milestones_arg(p, [30, 50], '30 50, the reference\'s fixed schedule')
+    return engine.finish_args(p.parse_args(argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    run = utils.prepare_subspace_run(args, 'psgd')
+    run = engine.prepare_subspace_run(args, 'psgd')
     if run is None:
         return
-    model, device = run.model, run.device
+    model, context = run.model, run.context
     params = dldr.trainable_params(model)
-    P = run.basis.P
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
-    scaler = utils.grad_scaler(args, device)
+    scaler = engine.grad_scaler(args, context.device)
 
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
-        train_loss, train_acc = utils.train_epoch(
-            model, run.train_loader, optimizer, device, amp=args.amp, scaler=scaler,
-            before_step=lambda: dldr.project_grads_(params, P),
+        train_loss, train_acc = engine.train_epoch(
+            model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
+            before_step=lambda: dldr.project_grads_(params, run.subspace, context.comm),
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
-        if not torch.isfinite(torch.tensor(train_loss)):
+        if not math.isfinite(train_loss):
             raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped '
-                             f'(try a lower --lr)')
+                             f'(try a lower --lr)' if context.is_main else 1)
         scheduler.step()
-        test_loss, test_acc = utils.evaluate(model, run.test_loader, device, args.amp)
-        seconds = time.time() - t0
-        print(utils.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss, test_acc,
-                               seconds), flush=True)
+        t1 = time.time()
+        test_loss, test_acc, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss,
+                                        test_acc, t1 - t0, eval_seconds))
         run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss,
                               'train_acc': train_acc, 'test_loss': test_loss, 'test_acc': test_acc,
-                              'seconds': seconds})
-    utils.finish_subspace_run(run, start)
+                              'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
+                              'eval_seconds': eval_seconds})
+    engine.finish_subspace_run(run, start)
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    engine.run_cli(main)

@@ -13,7 +13,9 @@ import re
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+import engine
 import utils
 
 # Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
@@ -27,12 +29,12 @@ CHECKPOINT_KEYS = {'epoch', 'args', 'best_acc', 'epochs', 'model', 'optimizer', 
 
 
 def parse_args(argv=None):
-    p = utils.make_parser(
+    p = engine.make_parser(
         'Regular training (SGD or Adam) that saves a snapshot of the model after every epoch: '
         'the trajectory sampled by DLDR.', epochs=200, lr=0.1, lr_help='initial learning rate')
-    utils.add_lr_milestones_arg(p, None, 'as the reference, 100 150 on CIFAR10, 150 on CIFAR100, '
+    engine.add_lr_milestones_arg(p, None, 'as the reference, 100 150 on CIFAR10, 150 on CIFAR100, '
                                          'else 50%% and 75%% of --epochs')
-    return utils.finish_args(p.parse_args(argv))
+    return engine.finish_args(p.parse_args(argv))
 
 
 def milestones(args):
@@ -65,8 +67,7 @@ def resume_path(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = utils.pick_device(args.device)
-    utils.seed_everything(args.randomseed, args.deterministic)
+    context = engine.setup(args)
     utils.prepare_save_dir(args.save_dir)
     metrics_path = os.path.join(args.save_dir, 'metrics_sgd.json')
     ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
@@ -98,16 +99,16 @@ def main(argv=None):
 
     data = utils.load_data(args)
     noise = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)
-    model = utils.build_model(args, data, device)
+    model = utils.build_model(args, data, context.device)
     optimizer = make_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args), gamma=0.1)
-    scaler = utils.grad_scaler(args, device)
+    scaler = engine.grad_scaler(args, context.device)
     generator = torch.Generator().manual_seed(args.randomseed)
-    train_loader, test_loader = utils.make_loaders(data, args, device, generator)
-    record = utils.RunRecord(metrics_path, args, method='sgd',
-                             n_parameters=sum(p.numel() for p in model.parameters()),
-                             n_train=len(data.train_y), n_corrupted=len(data.corrupted)
-                             if data.corrupted is not None else 0)
+    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    record = engine.RunRecord(metrics_path, args, context, method='sgd',
+                              n_parameters=sum(p.numel() for p in model.parameters()),
+                              n_train=len(data.train_y), n_corrupted=len(data.corrupted)
+                              if data.corrupted is not None else 0)
     best = 0.0
 
     if checkpoint is not None:
@@ -122,48 +123,63 @@ def main(argv=None):
             raise utils.UserError(f'cannot resume {resume_path(args)}: its label-noise indices differ '
                                   f'from the ones --corrupt {args.corrupt} draws now (changed data or '
                                   f'code?); resuming would mix two runs')
+        saved_world = checkpoint.get('world_size', 1)
+        if saved_world != context.world_size:
+            context.print(f'warning: {resume_path(args)} was written by {saved_world} rank(s), this '
+                          f'run has {context.world_size}: the global batches stay the same, but '
+                          f'BatchNorm sees per-rank batches of another size from now on')
         generator.set_state(checkpoint['rng']['data'])
         torch.set_rng_state(checkpoint['rng']['torch'])
-        if device.type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
-            torch.cuda.set_rng_state(checkpoint['rng']['cuda'], device)
+        if context.device.type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
+            torch.cuda.set_rng_state(checkpoint['rng']['cuda'], context.device)
         args.start_epoch = checkpoint['epoch']
         best = checkpoint['best_acc']
         record.data['epochs'] = checkpoint['epochs']
         if record.data['epochs']:
             record.data['final_test_acc'] = record.data['epochs'][-1]['test_acc']
             record.data['best_test_acc'] = max(r['test_acc'] for r in record.data['epochs'])
-        print(f'resumed from {resume_path(args)} at epoch {args.start_epoch}')
+        context.print(f'resumed from {resume_path(args)} at epoch {args.start_epoch}')
 
-    print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {device}; '
-          f'{args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
-          + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
+    context.print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {context.device}'
+                  + (f' x {context.world_size} ranks' if context.world_size > 1 else '')
+                  + f'; {args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
+                  + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
 
     if args.evaluate:
-        loss, acc = utils.evaluate(model, test_loader, device, args.amp)
-        print(f'test loss {loss:.4f} acc {acc:.2f}%')
+        loss, acc = engine.evaluate(model, test_loader, context, args.amp)
+        context.print(f'test loss {loss:.4f} acc {acc:.2f}%')
         return
 
-    for path in earlier:  # --overwrite: only now that the new run is set up
-        os.remove(path)
-    if earlier:
-        print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
-
-    if args.start_epoch == 0:
-        utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, 0))
-        if data.corrupted is not None:
-            utils.save_json({'corrupt': args.corrupt, 'randomseed': args.randomseed,
-                             'indices': data.corrupted.tolist()},
-                            os.path.join(args.save_dir, 'label_noise.json'))
+    if context.is_main:
+        for path in earlier:  # --overwrite: only now that the new run is set up
+            os.remove(path)
+        if earlier:
+            print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
+        if args.start_epoch == 0:
+            utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, 0))
+            if data.corrupted is not None:
+                utils.save_json({'corrupt': args.corrupt, 'randomseed': args.randomseed,
+                                 'indices': data.corrupted.tolist()},
+                                os.path.join(args.save_dir, 'label_noise.json'))
+    # Data parallel: gradients all-reduced by DDP; BatchNorm buffers broadcast from rank 0 at every
+    # forward (DDP's default), so rank 0's statistics are the run's.
+    net = (DistributedDataParallel(model, device_ids=[context.device] if context.device.type == 'cuda'
+                                   else None) if context.world_size > 1 else model)
+    if context.rank:
+        torch.manual_seed(args.randomseed + 1000 * context.rank + args.start_epoch)  # own dropout masks
 
     run_start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
-        train_loss, train_acc = utils.train_epoch(
-            model, train_loader, optimizer, device, amp=args.amp, scaler=scaler,
+        train_loss, train_acc = engine.train_epoch(
+            net, train_loader, optimizer, context, amp=args.amp, scaler=scaler,
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
         scheduler.step()
-        test_loss, test_acc = utils.evaluate(model, test_loader, device, args.amp)
+        t1 = time.time()
+        engine.broadcast_buffers_(model, context)
+        test_loss, test_acc = engine.evaluate(model, test_loader, context, args.amp)
+        t2 = time.time()
         broken = [k for k, v in model.state_dict().items()
                   if v.is_floating_point() and not torch.isfinite(v).all()]
         if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or broken:
@@ -171,33 +187,35 @@ def main(argv=None):
                     'training loss' if not math.isfinite(train_loss) else 'test loss')
             raise SystemExit(f'error: non-finite {what} in epoch {epoch + 1}; stopped. The last '
                              f'good snapshot is {utils.snapshot_path(args.save_dir, epoch)} (try a '
-                             f'lower --lr)')
+                             f'lower --lr)' if context.is_main else 1)
         best = max(best, test_acc)
-        seconds = time.time() - t0
-        print(utils.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss, test_acc,
-                               seconds), flush=True)
-
-        utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, epoch + 1))
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss,
+                                        test_acc, t1 - t0, t2 - t1))
         record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss, 'train_acc': train_acc,
-                          'test_loss': test_loss, 'test_acc': test_acc, 'seconds': seconds})
-        checkpoint = {
-            'epoch': epoch + 1, 'args': vars(args), 'best_acc': best, 'epochs': record.data['epochs'],
-            'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
-            'rng': {'data': generator.get_state(), 'torch': torch.get_rng_state(),
-                    'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None},
-            'label_noise': noise,
-        }
-        utils.save_tensors(checkpoint, ckpt_path)
-        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            utils.save_tensors(checkpoint, os.path.join(args.save_dir, f'checkpoint_{epoch + 1}.pt'))
+                          'test_loss': test_loss, 'test_acc': test_acc, 'seconds': t2 - t0,
+                          'train_seconds': t1 - t0, 'eval_seconds': t2 - t1})
+        if context.is_main:
+            utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, epoch + 1))
+            checkpoint = {
+                'epoch': epoch + 1, 'args': vars(args), 'best_acc': best, 'epochs': record.data['epochs'],
+                'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict() if scaler else None,
+                'rng': {'data': generator.get_state(), 'torch': torch.get_rng_state(),
+                        'cuda': torch.cuda.get_rng_state(context.device)
+                        if context.device.type == 'cuda' else None},
+                'label_noise': noise, 'world_size': context.world_size,
+            }
+            utils.save_tensors(checkpoint, ckpt_path)
+            if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                utils.save_tensors(checkpoint, os.path.join(args.save_dir, f'checkpoint_{epoch + 1}.pt'))
+        context.barrier()  # the others wait until rank 0's files are complete
 
     record.data['seconds'] = record.data.get('seconds', 0) + time.time() - run_start
     record.save()
-    print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
-          f'({time.time() - run_start:.0f}s)')
-    print(f'trajectory: {args.save_dir}/0.pt .. {args.epochs}.pt; metrics: {metrics_path}')
+    context.print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
+                  f'({time.time() - run_start:.0f}s)')
+    context.print(f'trajectory: {args.save_dir}/0.pt .. {args.epochs}.pt; metrics: {metrics_path}')
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    engine.run_cli(main)

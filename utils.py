@@ -1,18 +1,15 @@
-"""Everything the three training scripts share: command-line flags, data on the training device,
-label noise, trajectory and checkpoint files, logging.
+"""Data and files of the three training scripts: datasets on the training device, label noise,
+subsets, trajectory snapshots, checkpoints and JSON written atomically, user errors.
 
-The method itself (basis, projection, P-BFGS) lives in ``dldr.py``; this module knows about disks,
-datasets and users.  Nothing here keeps module-level mutable state.
+The method itself (basis, projection, P-BFGS) lives in ``dldr.py``, the run plumbing (flags,
+process group, loops) in ``engine.py``.  Nothing here keeps module-level mutable state.
 """
-import argparse
 import contextlib
 import json
 import math
 import os
 import pickle
-import sys
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 
@@ -27,183 +24,7 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit status 2, no traceback."""
 
 
-def run_cli(main):
-    """Run ``main()`` and turn a :class:`UserError` into ``error: ...`` on stderr and exit status 2."""
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr, flush=True)
-        sys.exit(130)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command-line flags.  Names, meanings and defaults follow the reference scripts; both the
-# hyphenated and the underscored spellings of a flag are accepted (the reference used both).
-# ---------------------------------------------------------------------------------------------
-
 DATASET_NAMES = ('CIFAR10', 'CIFAR100', 'MNIST', 'synthetic')
-
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
-    return value
-
-
-def _nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
-    return value
-
-
-def _unit_interval(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'must lie in [0, 1], got {text}')
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {text}')
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one ``error:`` line and exit status 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f'error: {message} (see --help)\n')
-
-
-def make_parser(description, *, epochs, lr, lr_help):
-    """The flags every script shares (train_sgd's set); subspace scripts add theirs on top."""
-    p = _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
-    a('--arch', '-a', metavar='ARCH', default='resnet20',
-      help='model architecture: ' + ', '.join(models.available_archs()))
-    a('--datasets', metavar='NAME', default='CIFAR10',
-      help='training data: ' + ', '.join(DATASET_NAMES) + ' (synthetic: offline, generated in memory)')
-    a('--data-dir', '--data_dir', default='./data',
-      help='where datasets are read from (standard cifar-10-batches-py / cifar-100-python layout '
-           'read directly) and downloaded to when absent')
-    a('--optimizer', default='sgd', choices=('sgd', 'adam'),
-      help='optimizer of the sampling run (adam uses lr 0.001 as the reference)')
-    a('-j', '--workers', default=4, type=int, metavar='N',
-      help='data-loading workers; unused: in-memory datasets are augmented on the training device')
-    a('--epochs', default=epochs, type=_nonnegative_int, metavar='N', help='number of epochs to run')
-    a('--start-epoch', '--start_epoch', default=0, type=_nonnegative_int, metavar='N',
-      help='epoch number to start counting from (set automatically by --resume)')
-    a('-b', '--batch-size', '--batch_size', default=128, type=_positive_int, metavar='N',
-      help='mini-batch size')
-    a('--lr', '--learning-rate', '--learning_rate', default=lr, type=float, metavar='LR', help=lr_help)
-    a('--momentum', default=0.9, type=float, metavar='M', help='SGD momentum')
-    a('--weight-decay', '--weight_decay', '--wd', default=1e-4, type=float, metavar='W',
-      help='weight decay (SGD sampling run only)')
-    a('-p', '--print-freq', '--print_freq', default=50, type=_nonnegative_int, metavar='N',
-      help='when stdout is not a terminal, print a progress line every N iterations (0: never); '
-           'on a terminal a progress bar is shown instead')
-    a('--resume', default='', metavar='PATH',
-      help="resume from a full checkpoint; 'auto' takes <save-dir>/checkpoint.pt")
-    a('-e', '--evaluate', action='store_true', help='only evaluate the model on the test set')
-    a('--pretrained', action='store_true',
-      help='accepted for compatibility with the reference; no pretrained CIFAR weights exist offline')
-    a('--half', action='store_true', help='alias of --amp fp16 (the reference cast the model to fp16)')
-    a('--amp', default='off', choices=('off', 'bf16', 'fp16'),
-      help='mixed precision through autocast (fp16 adds a GradScaler on CUDA)')
-    a('--channels-last', '--channels_last', action='store_true',
-      help='use the channels_last memory format (faster convolutions on tensor-core GPUs)')
-    a('--save-dir', '--save_dir', default='save_temp', metavar='DIR',
-      help='directory of the trajectory, checkpoints, final models and metrics JSON')
-    a('--save-every', '--save_every', default=10, type=_positive_int, metavar='N',
-      help='keep a numbered full checkpoint every N epochs (a rolling checkpoint.pt is written every epoch)')
-    a('--overwrite', action='store_true',
-      help='allow replacing results of an earlier run in --save-dir (refused otherwise)')
-    a('--randomseed', default=1, type=int, metavar='S',
-      help='seed of initialisation, data order, augmentation, label noise and subsets')
-    a('--deterministic', action='store_true',
-      help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
-    a('--corrupt', default=0.0, type=_unit_interval, metavar='C',
-      help='label noise: exactly round(C*N) training labels replaced by a different random class')
-    a('--smalldatasets', default=None, type=_fraction, metavar='P',
-      help='train on a seeded, class-balanced fraction P of the training set')
-    a('--device', default=None, help='torch device (default: cuda if available, else cpu)')
-    return p
-
-
-def add_subspace_args(p, *, params_end=51):
-    """Flags of the subspace scripts (train_psgd.py, train_pbfgs.py)."""
-    a = p.add_argument
-    a('--n_components', '--n-components', default=40, type=_positive_int, metavar='D',
-      help='dimension d of the subspace (number of DLDR basis vectors)')
-    a('--params_start', '--params-start', default=0, type=_nonnegative_int, metavar='N',
-      help='first snapshot of the trajectory used for the basis; training starts from it')
-    a('--params_end', '--params-end', default=params_end, type=_nonnegative_int, metavar='N',
-      help='end of the snapshot range (exclusive): snapshots params_start .. params_end-1')
-    a('--pretrain-dir', '--pretrain_dir', default=None, metavar='DIR',
-      help='directory holding the sampled trajectory (default: --save-dir)')
-    a('--alpha', default=0.0, type=float, metavar='A',
-      help='weight of the residual momentum: the gradient part outside the subspace (0: off)')
-    a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
-    a('--basis-memory', '--basis_memory', default=256, type=_positive_int, metavar='MiB',
-      help='device-memory bound of the streamed basis extraction')
-
-
-def add_lr_milestones_arg(p, default, default_help):
-    """``--lr-milestones`` (train_sgd.py, train_psgd.py): the epochs of the x0.1 decays."""
-    p.add_argument('--lr-milestones', '--lr_milestones', default=default, nargs='*',
-                   type=_positive_int, metavar='E',
-                   help=f'epochs after which the learning rate is multiplied by 0.1 (default: '
-                        f'{default_help}; give none for a constant rate)')
-
-
-def finish_args(args):
-    """Checks no single ``type=`` can make, and the ``--half`` alias."""
-    if args.half:
-        args.amp = 'fp16'
-    if args.datasets not in DATASET_NAMES:
-        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(DATASET_NAMES)}")
-    if args.arch not in models.ARCHS:
-        raise UserError(f"unknown arch {args.arch!r}; valid: {', '.join(models.available_archs())}")
-    if hasattr(args, 'params_end') and args.params_end <= args.params_start:
-        raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
-                        f'({args.params_start}): snapshots params_start..params_end-1 are used')
-    if hasattr(args, 'n_components') and args.n_components >= args.params_end - args.params_start:
-        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
-                        f'snapshots ({args.params_end - args.params_start}: {args.params_start}..'
-                        f'{args.params_end - 1}): a centred trajectory of t snapshots has rank <= t-1')
-    return args
-
-
-def pick_device(name=None):
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError as e:
-            raise UserError(f'bad --device {name!r}: {e}') from None
-        # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
-        if device.type == 'cuda' and not 0 <= (device.index or 0) < torch.cuda.device_count():
-            raise UserError(f'--device {name}: torch sees {torch.cuda.device_count()} CUDA '
-                            f'device(s) here')
-        return device
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-
-
-def seed_everything(seed, deterministic=False):
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,22 +215,41 @@ class DeviceLoader:
     then normalisation; all of it batched on the device.  The random choices of an epoch (order,
     crops, flips) come from ``generator`` (a CPU generator) at the start of the epoch, so saving its
     state at an epoch boundary makes resumed runs identical.
+
+    Several ranks (``rank`` of ``world_size``): every rank draws the same order, crops and flips
+    from the same generator state, cuts the same global batches of ``batch_size`` and takes its
+    contiguous ``batch_size / world_size`` share of each, so together the ranks see exactly the
+    batches one process would.  A last global batch that does not divide by the world size is
+    cut to a multiple of it (at most world_size - 1 images an epoch, others each epoch; one
+    process drops none).  Evaluation (``train=False``): each rank takes a contiguous block of the
+    images, every image counted exactly once.
     """
 
     def __init__(self, x, y, batch_size, mean, std, device, *, train, generator=None,
-                 channels_last=False):
-        self.x = x.to(device)
-        self.y = y.to(device)
+                 channels_last=False, rank=0, world_size=1):
+        if train:
+            self.x, self.y = x.to(device), y.to(device)
+        else:
+            n = math.ceil(len(y) / world_size)
+            self.x, self.y = x[rank * n:(rank + 1) * n].to(device), y[rank * n:(rank + 1) * n].to(device)
         self.batch_size = batch_size
         self.device = device
         self.train = train
         self.generator = generator
+        self.rank, self.world_size = (rank, world_size) if train else (0, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
+    def _batch_bounds(self):
+        """[(start, stop)) of every global batch, each a multiple of the world size long."""
+        n, b, w = len(self.y), self.batch_size, self.world_size
+        bounds = [(i, min(i + b, n)) for i in range(0, n, b)]
+        bounds = [(a, a + (stop - a) // w * w) for a, stop in bounds]
+        return [(a, stop) for a, stop in bounds if stop > a]
+
     def __len__(self):
-        return math.ceil(len(self.y) / self.batch_size)
+        return len(self._batch_bounds()) if self.train else math.ceil(len(self.y) / self.batch_size)
 
     def _normalise(self, x):
         x = (x.float() - self.mean) / self.std
@@ -427,9 +267,10 @@ class DeviceLoader:
         flips = torch.rand(n, generator=g).lt(0.5).to(self.device, non_blocking=True)
         size = self.x.shape[-1]
         ar = torch.arange(size, device=self.device)
-        for i in range(0, n, self.batch_size):
-            idx = order[i:i + self.batch_size]
-            sh, fl = shifts[i:i + self.batch_size], flips[i:i + self.batch_size]
+        for a, stop in self._batch_bounds():
+            share = (stop - a) // self.world_size
+            i, j = a + self.rank * share, a + (self.rank + 1) * share
+            idx, sh, fl = order[i:j], shifts[i:j], flips[i:j]
             x = F.pad(self.x[idx], (4, 4, 4, 4))
             rows = (sh[:, 0:1] + ar).view(-1, 1, size, 1)
             cols = sh[:, 1:2] + ar
@@ -439,11 +280,23 @@ class DeviceLoader:
             yield self._normalise(x), self.y[idx]
 
 
-def make_loaders(data, args, device, generator):
+def eval_batch_size(args, device):
+    """``--eval-batch-size``, else the measured default: 256 on the CPU (larger batches fall out of
+    cache and cost more per image, docs/BENCHMARKS.md), 1024 on CUDA."""
+    if args.eval_batch_size:
+        return args.eval_batch_size
+    return 1024 if device.type == 'cuda' else 256
+
+
+def make_loaders(data, args, context, generator):
+    """Training and test loaders of ``data`` for this rank of ``context``."""
+    device, rank, world = context.device, context.rank, context.world_size
     train = DeviceLoader(data.train_x, data.train_y, args.batch_size, data.mean, data.std, device,
-                         train=True, generator=generator, channels_last=args.channels_last)
-    test = DeviceLoader(data.test_x, data.test_y, max(args.batch_size, 1024), data.mean, data.std,
-                        device, train=False, channels_last=args.channels_last)
+                         train=True, generator=generator, channels_last=args.channels_last,
+                         rank=rank, world_size=world)
+    test = DeviceLoader(data.test_x, data.test_y, eval_batch_size(args, device), data.mean,
+                        data.std, device, train=False, channels_last=args.channels_last,
+                        rank=rank, world_size=world)
     return train, test
 
 
@@ -596,85 +449,6 @@ def open_trajectory(folder, start, end, model):
     return [FlatSnapshot(snapshot_path(folder, i), model) for i in range(start, end)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Training and evaluation helpers, logging.
-# ---------------------------------------------------------------------------------------------
-
-def autocast(device, amp):
-    if amp == 'off':
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
-
-
-class EpochMeter:
-    """Running loss sum and correct count, kept on the device (no per-step host sync)."""
-
-    def __init__(self, device):
-        self.loss = torch.zeros((), device=device, dtype=torch.float64)
-        self.correct = torch.zeros((), device=device, dtype=torch.int64)
-        self.count = 0
-
-    def update(self, loss, output, target):
-        n = target.shape[0]
-        self.loss += loss.detach().double() * n
-        self.correct += (output.detach().argmax(1) == target).sum()
-        self.count += n
-
-    def result(self):
-        """(mean loss, accuracy in %) — one host sync."""
-        if self.count == 0:
-            return float('nan'), float('nan')
-        return self.loss.item() / self.count, 100.0 * self.correct.item() / self.count
-
-
-def evaluate(model, loader, device, amp='off'):
-    """Test loss and accuracy (%) in eval mode under inference mode."""
-    model.eval()
-    meter = EpochMeter(device)
-    with torch.inference_mode(), autocast(device, amp):
-        for x, y in loader:
-            out = model(x)
-            meter.update(F.cross_entropy(out.float(), y), out, y)
-    return meter.result()
-
-
-def progress(iterable, total, desc, print_freq):
-    """tqdm on a terminal; otherwise plain iteration with a line every ``print_freq`` steps."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-        return
-    start = time.time()
-    for i, item in enumerate(iterable):
-        yield item
-        if print_freq and (i + 1) % print_freq == 0 and i + 1 < total:
-            print(f'  {desc} [{i + 1}/{total}] {time.time() - start:.1f}s', flush=True)
-
-
-class RunRecord:
-    """The run's metrics JSON (args, per-epoch rows, summary), rewritten atomically each epoch."""
-
-    def __init__(self, path, args, **extra):
-        self.path = path
-        self.data = {'args': vars(args), **extra, 'epochs': [], 'final_test_acc': None,
-                     'best_test_acc': None}
-
-    def add_epoch(self, row):
-        self.data['epochs'].append(row)
-        accs = [r['test_acc'] for r in self.data['epochs']]
-        self.data['final_test_acc'] = accs[-1]
-        self.data['best_test_acc'] = max(accs)
-        self.save()
-
-    def save(self):
-        save_json(self.data, self.path)
-
-
-def epoch_line(epoch, epochs, lr, train_loss, train_acc, test_loss, test_acc, seconds, extra=''):
-    return (f'epoch {epoch:>4d}/{epochs}  lr {lr:.4g}  train loss {train_loss:.4f} acc {train_acc:6.2f}%  '
-            f'test loss {test_loss:.4f} acc {test_acc:6.2f}%  {seconds:6.1f}s{extra}')
-
-
 def prepare_save_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
@@ -690,121 +464,3 @@ def refuse_overwrite(paths, args):
     if existing and not args.overwrite:
         raise UserError(f'{existing[0]} already exists; pass --overwrite to replace it '
                         f'or choose another --save-dir')
-
-
-def train_epoch(model, loader, optimizer, device, *, amp='off', scaler=None, before_step=None,
-                desc='train', print_freq=0):
-    """One epoch of mini-batch training; ``before_step()`` runs between backward and the step
-    (P-SGD projects the gradient there).  Returns (mean loss, accuracy %); the loss is NaN/inf
-    when any step produced a non-finite loss."""
-    model.train()
-    meter = EpochMeter(device)
-    for x, y in progress(loader, len(loader), desc, print_freq):
-        with autocast(device, amp):
-            out = model(x)
-            loss = F.cross_entropy(out.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if before_step is not None:
-                before_step()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if before_step is not None:
-                before_step()
-            optimizer.step()
-        meter.update(loss, out, y)
-    return meter.result()
-
-
-def grad_scaler(args, device):
-    """A GradScaler for fp16 autocast on CUDA (bf16 and CPU need none)."""
-    if args.amp == 'fp16' and device.type == 'cuda':
-        return torch.amp.GradScaler('cuda')
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Subspace runs (train_psgd.py, train_pbfgs.py).
-# ---------------------------------------------------------------------------------------------
-
-def subspace_tag(method, args):
-    """File-name stem of a subspace run's outputs, e.g. ``pbfgs_d40_0-81``."""
-    return f'{method}_d{args.n_components}_{args.params_start}-{args.params_end}'
-
-
-def extract_basis(args, model, device):
-    """Algorithm 1 on the trajectory ``params_start .. params_end-1``, streamed from disk onto
-    ``device``; then ``model`` is set to snapshot ``params_start`` (weights and BN buffers).
-
-    Returns the :class:`dldr.Basis` and the ``basis`` entry of the run's JSON.
-    """
-    import dldr
-    folder = args.pretrain_dir or args.save_dir
-    t = args.params_end - args.params_start  # finish_args has checked n_components < t
-    trajectory = open_trajectory(folder, args.params_start, args.params_end, model)
-    start = time.time()
-    try:
-        basis = dldr.dldr_basis(trajectory, args.n_components, device=device,
-                                max_bytes=args.basis_memory * 2**20)
-    except ValueError as e:
-        raise UserError(f'basis of {folder}/{args.params_start}..{args.params_end - 1}.pt: {e}') from None
-    seconds = time.time() - start
-    load_snapshot(snapshot_path(folder, args.params_start), model)
-    ratio = basis.explained_variance_ratio.tolist()
-    cumulative = np.cumsum(ratio)
-    print(f'basis: {t} snapshots {args.params_start}..{args.params_end - 1} of {folder}, '
-          f'{len(trajectory[0])} parameters -> d = {basis.n_components}, {seconds:.1f}s on {device}')
-    print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in ratio))
-    print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in cumulative))
-    info = {'snapshots': [args.params_start, args.params_end], 'folder': folder,
-            'n_components': basis.n_components, 'explained_variance_ratio': ratio,
-            'cumulative_explained_variance': cumulative.tolist(),
-            'singular_values': basis.singular_values.tolist(), 'seconds': seconds}
-    return basis, info
-
-
-def prepare_subspace_run(args, method):
-    """Shared start of the subspace scripts: checks, device, data, model at ``params_start``,
-    basis, loaders and the run record.  Returns a namespace of them, or None after ``--evaluate``
-    (which only evaluates the run's saved final model)."""
-    from types import SimpleNamespace
-    if args.resume:
-        raise UserError('--resume applies to train_sgd.py; rerun the subspace run instead')
-    device = pick_device(args.device)
-    seed_everything(args.randomseed, args.deterministic)
-    prepare_save_dir(args.save_dir)
-    tag = subspace_tag(method, args)
-    model_path = os.path.join(args.save_dir, f'{tag}.pt')
-    metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
-    if not args.evaluate:
-        refuse_overwrite([model_path, metrics_path], args)
-    data = load_data(args)
-    model = build_model(args, data, device)
-    if args.evaluate:
-        load_snapshot(model_path, model)
-        loss, acc = evaluate(model, make_loaders(data, args, device, None)[1], device, args.amp)
-        print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%')
-        return None
-    basis, info = extract_basis(args, model, device)
-    generator = torch.Generator().manual_seed(args.randomseed)
-    train_loader, test_loader = make_loaders(data, args, device, generator)
-    record = RunRecord(metrics_path, args, method=method, basis=info,
-                       n_parameters=sum(p.numel() for p in model.parameters()),
-                       n_train=len(data.train_y),
-                       n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
-    return SimpleNamespace(device=device, data=data, model=model, basis=basis, record=record,
-                           train_loader=train_loader, test_loader=test_loader,
-                           model_path=model_path, metrics_path=metrics_path)
-
-
-def finish_subspace_run(run, start):
-    """Save the final model and metrics of a subspace run and print where they are."""
-    save_tensors(run.model.state_dict(), run.model_path)
-    run.record.data['seconds'] = time.time() - start
-    run.record.save()
-    print(f'final test acc {run.record.data["final_test_acc"]}  best {run.record.data["best_test_acc"]}  '
-          f'({time.time() - start:.0f}s)')
-    print(f'model: {run.model_path}; metrics: {run.metrics_path}')

@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import models  # noqa: E402
+import engine  # noqa: E402
 import utils  # noqa: E402
 
 # Small sizes: 500 training images, a few mini-batches per epoch, no progress lines.
@@ -207,7 +208,7 @@ def parser_flags(script, monkeypatch):
 
     def capture(self, *args, **kwargs):
         raise _Parsed(self)
-    monkeypatch.setattr(utils._Parser, 'parse_args', capture)
+    monkeypatch.setattr(engine.Parser, 'parse_args', capture)
     with pytest.raises(_Parsed) as info:
         module.parse_args([])
     return {s for action in info.value.args[0]._actions for s in action.option_strings}
@@ -225,7 +226,7 @@ def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
     # in-process (main(['--help']) is what `python script --help` runs): saves three start-ups
     module = __import__(script)
     with pytest.raises(SystemExit) as info:
-        utils.run_cli(lambda: module.main(['--help']))
+        engine.run_cli(lambda: module.main(['--help']))
     assert info.value.code in (0, None)
     out, err = capsys.readouterr()
     assert err == '' and out.startswith('usage:')

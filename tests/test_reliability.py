@@ -3,7 +3,7 @@ no mixing of trajectories, one-line errors (exit 2, no traceback, nothing delete
 losses.
 
 Real subprocesses where the process boundary is the point (the killed run, its resume, a crafted
-unsafe file); the error table runs ``main(argv)`` in-process through ``utils.run_cli`` (what the
+unsafe file); the error table runs ``main(argv)`` in-process through ``engine.run_cli`` (what the
 scripts' ``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter
 start-ups would cost more than this whole file.
 """
@@ -30,6 +30,7 @@ from test_cli import (SGD_ARGS, SMALL, assert_one_line_error, file_state, run,  
                       shared_sgd_run, start)
 
 import models  # noqa: E402
+import engine  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -68,7 +69,7 @@ def assert_identical(a, b, where='root'):
 
 
 def without_seconds(rows):
-    return [{k: v for k, v in row.items() if k != 'seconds'} for row in rows]
+    return [{k: v for k, v in row.items() if not k.endswith('seconds')} for row in rows]
 
 
 # ----------------------------------------------------------------------------- in-process CLI
@@ -79,7 +80,7 @@ def synthetic():
 
 
 class InProcessCLI:
-    """``script.main(argv)`` under ``utils.run_cli`` with the captured stdout/stderr."""
+    """``script.main(argv)`` under ``engine.run_cli`` with the captured stdout/stderr."""
 
     def __init__(self, capsys):
         self.capsys = capsys
@@ -89,7 +90,7 @@ class InProcessCLI:
         module = importlib.import_module(script)
         self.capsys.readouterr()
         with pytest.raises(SystemExit) as info:
-            utils.run_cli(lambda: module.main([str(a) for a in argv]))
+            engine.run_cli(lambda: module.main([str(a) for a in argv]))
         out, err = self.capsys.readouterr()
         return info.value.code, out, err
 

@@ -1,0 +1,578 @@
+"""Run plumbing shared by the three scripts: flags, device and process group, the training and
+evaluation loops, the subspace-run set-up and the metrics record.
+
+The method lives in ``dldr.py`` (pure torch), data and files in ``utils.py``.  A script is
+parse -> :func:`setup` -> data -> model -> loop -> report, run through :func:`run_cli`.
+
+Several processes: launched by ``torchrun``, every process reads RANK / LOCAL_RANK / WORLD_SIZE
+from its environment, joins the process group (nccl on CUDA, gloo on the CPU) and uses
+cuda:LOCAL_RANK.  ``--batch-size`` is the global batch; each rank takes its share of every
+mini-batch (:class:`utils.DeviceLoader`).  Global rank 0 alone prints and writes files.
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import dldr
+import models
+import utils
+from utils import UserError
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.  Names, meanings and defaults follow the reference scripts; both the hyphenated
+# and the underscored spellings of a flag are accepted (the reference used both).
+# ---------------------------------------------------------------------------------------------
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def _unit_interval(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must lie in [0, 1], got {text}')
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {text}')
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error:`` line and exit status 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f'error: {message} (see --help)\n')
+
+
+def make_parser(description, *, epochs, lr, lr_help):
+    """The flags every script shares (train_sgd's set); subspace scripts add theirs on top."""
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a('--arch', '-a', metavar='ARCH', default='resnet20',
+      help='model architecture: ' + ', '.join(models.available_archs()))
+    a('--datasets', metavar='NAME', default='CIFAR10',
+      help='training data: ' + ', '.join(utils.DATASET_NAMES) + ' (synthetic: offline, generated in memory)')
+    a('--data-dir', '--data_dir', default='./data',
+      help='where datasets are read from (standard cifar-10-batches-py / cifar-100-python layout '
+           'read directly) and downloaded to when absent')
+    a('--optimizer', default='sgd', choices=('sgd', 'adam'),
+      help='optimizer of the sampling run (adam uses lr 0.001 as the reference)')
+    a('-j', '--workers', default=4, type=int, metavar='N',
+      help='data-loading workers; unused: in-memory datasets are augmented on the training device')
+    a('--epochs', default=epochs, type=nonnegative_int, metavar='N', help='number of epochs to run')
+    a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
+      help='epoch number to start counting from (set automatically by --resume)')
+    a('-b', '--batch-size', '--batch_size', default=128, type=positive_int, metavar='N',
+      help='mini-batch size: the global batch, split evenly over the ranks under torchrun')
+    a('--eval-batch-size', '--eval_batch_size', default=None, type=positive_int, metavar='N',
+      help='evaluation batch (default: 256 on the CPU, where larger batches fall out of cache; '
+           '1024 on CUDA)')
+    a('--lr', '--learning-rate', '--learning_rate', default=lr, type=float, metavar='LR', help=lr_help)
+    a('--momentum', default=0.9, type=float, metavar='M', help='SGD momentum')
+    a('--weight-decay', '--weight_decay', '--wd', default=1e-4, type=float, metavar='W',
+      help='weight decay (SGD sampling run only)')
+    a('-p', '--print-freq', '--print_freq', default=50, type=nonnegative_int, metavar='N',
+      help='when stdout is not a terminal, print a progress line every N iterations (0: never); '
+           'on a terminal a progress bar is shown instead')
+    a('--resume', default='', metavar='PATH',
+      help="resume from a full checkpoint; 'auto' takes <save-dir>/checkpoint.pt")
+    a('-e', '--evaluate', action='store_true', help='only evaluate the model on the test set')
+    a('--pretrained', action='store_true',
+      help='accepted for compatibility with the reference; no pretrained CIFAR weights exist offline')
+    a('--half', action='store_true', help='alias of --amp fp16 (the reference cast the model to fp16)')
+    a('--amp', default='off', choices=('off', 'bf16', 'fp16'),
+      help='mixed precision through autocast (fp16 adds a GradScaler on CUDA)')
+    a('--channels-last', '--channels_last', action='store_true',
+      help='use the channels_last memory format (faster convolutions on tensor-core GPUs)')
+    a('--save-dir', '--save_dir', default='save_temp', metavar='DIR',
+      help='directory of the trajectory, checkpoints, final models and metrics JSON')
+    a('--save-every', '--save_every', default=10, type=positive_int, metavar='N',
+      help='keep a numbered full checkpoint every N epochs (a rolling checkpoint.pt is written every epoch)')
+    a('--overwrite', action='store_true',
+      help='allow replacing results of an earlier run in --save-dir (refused otherwise)')
+    a('--randomseed', default=1, type=int, metavar='S',
+      help='seed of initialisation, data order, augmentation, label noise and subsets')
+    a('--deterministic', action='store_true',
+      help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
+    a('--corrupt', default=0.0, type=_unit_interval, metavar='C',
+      help='label noise: exactly round(C*N) training labels replaced by a different random class')
+    a('--smalldatasets', default=None, type=_fraction, metavar='P',
+      help='train on a seeded, class-balanced fraction P of the training set')
+    a('--device', default=None,
+      help='torch device (default: cuda if available, else cpu; under torchrun cuda:LOCAL_RANK)')
+    a('--dist-backend', '--dist_backend', default=None, choices=('nccl', 'gloo'),
+      help='torch.distributed backend under torchrun (default: nccl on CUDA, gloo on the CPU)')
+    a('--dist-timeout', '--dist_timeout', default=600, type=positive_int, metavar='S',
+      help='seconds a rank waits in a collective for the others before the job fails')
+    return p
+
+
+def add_subspace_args(p, *, params_end=51):
+    """Flags of the subspace scripts (train_psgd.py, train_pbfgs.py)."""
+    a = p.add_argument
+    a('--n_components', '--n-components', default=40, type=positive_int, metavar='D',
+      help='dimension d of the subspace (number of DLDR basis vectors)')
+    a('--params_start', '--params-start', default=0, type=nonnegative_int, metavar='N',
+      help='first snapshot of the trajectory used for the basis; training starts from it')
+    a('--params_end', '--params-end', default=params_end, type=nonnegative_int, metavar='N',
+      help='end of the snapshot range (exclusive): snapshots params_start .. params_end-1')
+    a('--pretrain-dir', '--pretrain_dir', default=None, metavar='DIR',
+      help='directory holding the sampled trajectory (default: --save-dir)')
+    a('--alpha', default=0.0, type=float, metavar='A',
+      help='weight of the residual momentum: the gradient part outside the subspace (0: off)')
+    a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
+    a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
+      help='device-memory bound of the streamed basis extraction')
+    a('--bn-update', '--bn_update', default=0, type=nonnegative_int, metavar='N',
+      help='re-estimate the BatchNorm running statistics on N training batches before each '
+           'evaluation and before saving the final model (costs N forward passes each time; '
+           '0: off, the statistics are the running averages of training)')
+
+
+def add_lr_milestones_arg(p, default, default_help):
+    """``--lr-milestones`` (train_sgd.py, train_psgd.py): the epochs of the x0.1 decays."""
+    p.add_argument('--lr-milestones', '--lr_milestones', default=default, nargs='*',
+                   type=positive_int, metavar='E',
+                   help=f'epochs after which the learning rate is multiplied by 0.1 (default: '
+                        f'{default_help}; give none for a constant rate)')
+
+
+def finish_args(args):
+    """Checks no single ``type=`` can make, and the ``--half`` alias."""
+    if args.half:
+        args.amp = 'fp16'
+    if args.datasets not in utils.DATASET_NAMES:
+        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
+    if args.arch not in models.ARCHS:
+        raise UserError(f"unknown arch {args.arch!r}; valid: {', '.join(models.available_archs())}")
+    if hasattr(args, 'params_end') and args.params_end <= args.params_start:
+        raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
+                        f'({args.params_start}): snapshots params_start..params_end-1 are used')
+    if hasattr(args, 'n_components') and args.n_components >= args.params_end - args.params_start:
+        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
+                        f'snapshots ({args.params_end - args.params_start}: {args.params_start}..'
+                        f'{args.params_end - 1}): a centred trajectory of t snapshots has rank <= t-1')
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and process group.
+# ---------------------------------------------------------------------------------------------
+
+class DistComm(dldr.Comm):
+    """:class:`dldr.Comm` over the default torch.distributed process group."""
+
+    def __init__(self):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_reduce_(self, tensor, op='mean'):
+        dist.all_reduce(tensor)  # SUM: ReduceOp.AVG exists on nccl only
+        if op == 'mean':
+            tensor.div_(self.world_size)
+        return tensor
+
+    def all_gather_(self, out, tensor):
+        dist.all_gather(out, tensor)
+
+
+@dataclass
+class Context:
+    """Where this process runs: device, rank and the communicator of its group."""
+    device: torch.device
+    comm: dldr.Comm = field(default_factory=dldr.Comm)
+    local_rank: int = 0
+
+    @property
+    def rank(self):
+        return self.comm.rank
+
+    @property
+    def world_size(self):
+        return self.comm.world_size
+
+    @property
+    def is_main(self):
+        return self.comm.rank == 0
+
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
+    def print(self, *args, **kwargs):
+        """``print`` on global rank 0 only (flushed: logs are read through ``tee``)."""
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def pick_device(name=None, local_rank=0):
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise UserError(f'bad --device {name!r}: {e}') from None
+        if device.type == 'cuda' and device.index is None:
+            device = torch.device('cuda', local_rank)
+        # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
+        if device.type == 'cuda' and not 0 <= device.index < torch.cuda.device_count():
+            raise UserError(f'--device {name}: torch sees {torch.cuda.device_count()} CUDA '
+                            f'device(s) here')
+        return device
+    return torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def under_torchrun():
+    return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
+
+
+def setup(args):
+    """Device, process group (under torchrun) and seeds of this process."""
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    device = pick_device(args.device, local_rank)
+    context = Context(device, local_rank=local_rank)
+    if under_torchrun():
+        backend = args.dist_backend or ('nccl' if device.type == 'cuda' else 'gloo')
+        if backend == 'nccl' and device.type != 'cuda':
+            raise UserError(f'--dist-backend nccl needs CUDA devices, not {device}')
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.dist_timeout),
+                                device_id=device if backend == 'nccl' else None)
+        context.comm = DistComm()
+    if args.batch_size % context.world_size:
+        raise UserError(f'--batch-size {args.batch_size} (the global batch) must divide evenly '
+                        f'over the {context.world_size} ranks')
+    seed_everything(args.randomseed, args.deterministic)
+    return context
+
+
+def seed_everything(seed, deterministic=False):
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def run_cli(main):
+    """Run ``main()``: a :class:`UserError` becomes one ``error: ...`` line and exit status 2.
+
+    Under torchrun the same bad input usually fails on every rank at once: rank 0 reports it and
+    the other ranks wait a moment first (torchrun ends them as soon as one rank exits), so the
+    log shows it once; an error only one rank sees is reported by that rank, tagged with it.
+    """
+    try:
+        main()
+    except UserError as e:
+        rank = int(os.environ.get('RANK', 0)) if under_torchrun() else 0
+        if rank:
+            time.sleep(3)
+        print(f'error: {f"[rank {rank}] " if rank else ""}{e}', file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr, flush=True)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation loops.
+# ---------------------------------------------------------------------------------------------
+
+def autocast(device, amp):
+    if amp == 'off':
+        import contextlib
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+class EpochMeter:
+    """Running loss sum, correct count and image count, kept on the device (no per-step host
+    sync); :meth:`result` sums them over the ranks."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+
+    def update(self, loss, output, target):
+        n = target.shape[0]
+        self.sums[0] += loss.detach().double() * n
+        self.sums[1] += (output.detach().argmax(1) == target).sum()
+        self.sums[2] += n
+
+    def result(self, comm=dldr.LOCAL):
+        """(mean loss, accuracy in %) over every rank's images — one all-reduce, one host sync."""
+        loss, correct, count = comm.all_reduce_(self.sums.clone(), 'sum').tolist()
+        if count == 0:
+            return float('nan'), float('nan')
+        return loss / count, 100.0 * correct / count
+
+
+def evaluate(model, loader, context, amp='off'):
+    """Test loss and accuracy (%) in eval mode; each rank evaluates its shard of the test set."""
+    model.eval()
+    meter = EpochMeter(context.device)
+    with torch.inference_mode(), autocast(context.device, amp):
+        for x, y in loader:
+            out = model(x)
+            meter.update(F.cross_entropy(out.float(), y), out, y)
+    return meter.result(context.comm)
+
+
+def progress(iterable, total, desc, print_freq, show=True):
+    """tqdm on a terminal; otherwise plain iteration with a line every ``print_freq`` steps."""
+    if not show:
+        yield from iterable
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        yield from tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return
+    start = time.time()
+    for i, item in enumerate(iterable):
+        yield item
+        if print_freq and (i + 1) % print_freq == 0 and i + 1 < total:
+            print(f'  {desc} [{i + 1}/{total}] {time.time() - start:.1f}s', flush=True)
+
+
+def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, before_step=None,
+                desc='train', print_freq=0):
+    """One epoch of mini-batch training; ``before_step()`` runs between backward and the step
+    (P-SGD projects the gradient there).  Returns (mean loss, accuracy %) over all ranks; the
+    loss is NaN/inf when any step produced a non-finite loss."""
+    model.train()
+    device = context.device
+    meter = EpochMeter(device)
+    for x, y in progress(loader, len(loader), desc, print_freq, context.is_main):
+        with autocast(device, amp):
+            out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if before_step is not None:
+                scaler.unscale_(optimizer)
+                before_step()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if before_step is not None:
+                before_step()
+            optimizer.step()
+        meter.update(loss, out, y)
+    return meter.result(context.comm)
+
+
+def grad_scaler(args, device):
+    """A GradScaler for fp16 autocast on CUDA (bf16 and CPU need none)."""
+    if args.amp == 'fp16' and device.type == 'cuda':
+        return torch.amp.GradScaler('cuda')
+    return None
+
+
+def _float_buffers(model):
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+@torch.no_grad()
+def average_buffers_(model, comm):
+    """Replace the floating buffers (BatchNorm running statistics) by their mean over the ranks:
+    one all-reduce of their concatenation."""
+    buffers = _float_buffers(model)
+    if comm.world_size == 1 or not buffers:
+        return
+    flat = comm.all_reduce_(torch.cat([b.reshape(-1).float() for b in buffers]))
+    torch._foreach_copy_(buffers, list(flat.split([b.numel() for b in buffers])))
+
+
+@torch.no_grad()
+def broadcast_buffers_(model, context):
+    """Give every rank global rank 0's buffers (as DDP does at each training forward)."""
+    if context.world_size > 1:
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
+@torch.no_grad()
+def update_bn(model, loader, batches, context, amp='off'):
+    """Re-estimate the BatchNorm running statistics as the plain average over ``batches`` training
+    batches (as torch.optim.swa_utils.update_bn), averaged over the ranks.  Trainable parameters
+    are untouched; the model is left in train mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]
+    if not norms or batches == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with autocast(context.device, amp):
+        for i, (x, _) in enumerate(loader):
+            if i == batches:
+                break
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    average_buffers_(model, context.comm)
+
+
+class RunRecord:
+    """The run's metrics JSON (args, per-epoch rows, summary), rewritten atomically each epoch by
+    global rank 0."""
+
+    def __init__(self, path, args, context, **extra):
+        self.path = path
+        self.context = context
+        self.data = {'args': vars(args), **extra, 'world_size': context.world_size,
+                     'batch_per_rank': args.batch_size // context.world_size,
+                     'epochs': [], 'final_test_acc': None, 'best_test_acc': None}
+
+    def add_epoch(self, row):
+        self.data['epochs'].append(row)
+        accs = [r['test_acc'] for r in self.data['epochs']]
+        self.data['final_test_acc'] = accs[-1]
+        self.data['best_test_acc'] = max(accs)
+        self.save()
+
+    def save(self):
+        if self.context.is_main:
+            utils.save_json(self.data, self.path)
+
+
+def epoch_line(epoch, epochs, lr, train_loss, train_acc, test_loss, test_acc, train_seconds,
+               eval_seconds, extra=''):
+    lr_text = f'lr {lr:.4g}  ' if lr is not None else ''
+    return (f'epoch {epoch:>4d}/{epochs}  {lr_text}train loss {train_loss:.4f} acc {train_acc:6.2f}%  '
+            f'test loss {test_loss:.4f} acc {test_acc:6.2f}%  train {train_seconds:.1f}s '
+            f'eval {eval_seconds:.1f}s{extra}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Subspace runs (train_psgd.py, train_pbfgs.py).
+# ---------------------------------------------------------------------------------------------
+
+def subspace_tag(method, args):
+    """File-name stem of a subspace run's outputs, e.g. ``pbfgs_d40_0-81``."""
+    return f'{method}_d{args.n_components}_{args.params_start}-{args.params_end}'
+
+
+def extract_basis(args, model, context):
+    """Algorithm 1 on the trajectory ``params_start .. params_end-1``, streamed from disk onto
+    the device, each rank streaming its block of coordinates; then ``model`` is set to snapshot
+    ``params_start`` (weights and BN buffers).
+
+    Returns the :class:`dldr.DenseSubspace` and the ``basis`` entry of the run's JSON.
+    """
+    folder = args.pretrain_dir or args.save_dir
+    t = args.params_end - args.params_start  # finish_args has checked n_components < t
+    trajectory = utils.open_trajectory(folder, args.params_start, args.params_end, model)
+    start = time.time()
+    try:
+        basis = dldr.dldr_basis(trajectory, args.n_components, device=context.device,
+                                max_bytes=args.basis_memory * 2**20, comm=context.comm)
+    except ValueError as e:
+        raise UserError(f'basis of {folder}/{args.params_start}..{args.params_end - 1}.pt: {e}') from None
+    seconds = time.time() - start
+    utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
+    ratio = basis.explained_variance_ratio.tolist()
+    cumulative = np.cumsum(ratio)
+    context.print(f'basis: {t} snapshots {args.params_start}..{args.params_end - 1} of {folder}, '
+                  f'{len(trajectory[0])} parameters -> d = {basis.n_components}, {seconds:.1f}s on '
+                  f'{context.device}' + (f' x {context.world_size} ranks' if context.world_size > 1 else ''))
+    context.print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in ratio))
+    context.print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in cumulative))
+    info = {'kind': 'dldr', 'snapshots': [args.params_start, args.params_end], 'folder': folder,
+            'start': args.params_start, 'n_components': basis.n_components,
+            'explained_variance_ratio': ratio, 'cumulative_explained_variance': cumulative.tolist(),
+            'singular_values': basis.singular_values.tolist(), 'seconds': seconds}
+    return dldr.DenseSubspace(basis.P), info
+
+
+def prepare_subspace_run(args, method):
+    """Shared start of the subspace scripts: checks, device and process group, data, model at
+    ``params_start``, basis, loaders and the run record.  Returns a namespace of them, or None
+    after ``--evaluate`` (which only evaluates the run's saved final model)."""
+    if args.resume:
+        raise UserError('--resume applies to train_sgd.py; rerun the subspace run instead')
+    context = setup(args)
+    utils.prepare_save_dir(args.save_dir)
+    tag = subspace_tag(method, args)
+    model_path = os.path.join(args.save_dir, f'{tag}.pt')
+    metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
+    if not args.evaluate:
+        utils.refuse_overwrite([model_path, metrics_path], args)
+    data = utils.load_data(args)
+    model = utils.build_model(args, data, context.device)
+    if args.evaluate:
+        utils.load_snapshot(model_path, model)
+        test_loader = utils.make_loaders(data, args, context, None)[1]
+        loss, acc = evaluate(model, test_loader, context, args.amp)
+        context.print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%')
+        return None
+    subspace, info = extract_basis(args, model, context)
+    generator = torch.Generator().manual_seed(args.randomseed)
+    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    bn_loader = utils.make_loaders(data, args, context, torch.Generator())[0] if args.bn_update else None
+    record = RunRecord(metrics_path, args, context, method=method, basis=info,
+                       n_parameters=sum(p.numel() for p in model.parameters()),
+                       n_train=len(data.train_y),
+                       n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
+    return SimpleNamespace(context=context, device=context.device, data=data, model=model,
+                           subspace=subspace, record=record, train_loader=train_loader,
+                           test_loader=test_loader, bn_loader=bn_loader,
+                           model_path=model_path, metrics_path=metrics_path)
+
+
+def evaluate_subspace_model(run, args, epoch):
+    """BatchNorm statistics averaged over the ranks (re-estimated first with ``--bn-update``),
+    then the sharded test evaluation.  Returns (loss, accuracy, seconds)."""
+    t0 = time.time()
+    if args.bn_update:
+        run.bn_loader.generator.manual_seed(args.randomseed + 7919 * (epoch + 1))
+        update_bn(run.model, run.bn_loader, args.bn_update, run.context, args.amp)
+    else:
+        average_buffers_(run.model, run.context.comm)
+    loss, acc = evaluate(run.model, run.test_loader, run.context, args.amp)
+    return loss, acc, time.time() - t0
+
+
+def finish_subspace_run(run, start):
+    """Save the final model (rank 0) and metrics of a subspace run and print where they are."""
+    if run.context.is_main:
+        utils.save_tensors(run.model.state_dict(), run.model_path)
+    run.record.data['seconds'] = time.time() - start
+    run.record.save()
+    run.context.barrier()
+    run.context.print(f'final test acc {run.record.data["final_test_acc"]}  best '
+                      f'{run.record.data["best_test_acc"]}  ({time.time() - start:.0f}s)')
+    run.context.print(f'model: {run.model_path}; metrics: {run.metrics_path}')
