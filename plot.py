@@ -79,6 +79,10 @@ def dim(run):
     return (run.get('basis') or {}).get('n_components', run['args'].get('n_components'))
 
 
+def kind_name(run):
+    return 'DLDR' if kind(run) in ('dldr', None) else kind(run)
+
+
 def seed(run):
     args = run['args']
     return args.get('subspace_seed', args.get('randomseed'))
@@ -181,7 +185,7 @@ def dims_groups(runs, spread='minmax'):
             continue
         start, end = snapshot_range(run)
         name = METHOD_NAMES.get(run['method'], run['method'])
-        label = f'{name} ({kind(run) or "dldr"} basis, snapshots {start}..{end - 1})'
+        label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1})'
         acc[label][int(dim(run))].append(float(run['final_test_acc']))
     groups = {}
     for label, by_d in acc.items():
@@ -291,7 +295,7 @@ def plot_spectrum(opts):
         start, end = snapshot_range(run)
         key = (run['folder'], start, end, kind(run), seed(run) if kind(run) != 'dldr' else None)
         if key not in bases or len(basis['explained_variance_ratio']) > len(bases[key][1]):
-            label = f'{kind(run).upper() if kind(run) == "dldr" else kind(run)} basis of snapshots {start}..{end - 1}'
+            label = f'{kind_name(run)} basis of snapshots {start}..{end - 1}'
             label += f', seed {seed(run)}' if key[-1] is not None else ''
             bases[key] = (label, basis['explained_variance_ratio'])
     if not bases:
@@ -304,14 +308,17 @@ def plot_spectrum(opts):
         left.bar(k + (i - (len(bases) - 1) / 2) * width, 100 * ratio, width=width, label=label)
         right.plot(k, 100 * np.cumsum(ratio), marker='o', markersize=3, label=label)
     if opts.log:
+        from matplotlib.ticker import LogFormatter
         left.set_yscale('log')
+        left.yaxis.set_major_formatter(LogFormatter())
+        left.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
     left.set(xlabel='principal component i', ylabel='explained variance (% of trajectory variance)',
              title='per component' + (' (log scale)' if opts.log else ''))
     right.set(xlabel='number of components d', ylabel='cumulative explained variance (%)',
               title='cumulative', ylim=(0, 101))
-    for ax in (left, right):
+    for ax, where in ((left, 'upper right'), (right, 'lower right')):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize='small')
+        ax.legend(fontsize='small', loc=where)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(f'Explained-variance spectrum of the subspace bases: {setting(runs)}')
     fig.tight_layout()
@@ -414,7 +421,10 @@ def plot_dims(opts):
                    'SGD, all parameters (final)')
     ds = [row[0] for rows in groups.values() for row in rows]
     if max(ds) >= 10 * min(ds):
+        from matplotlib.ticker import NullFormatter
         ax.set_xscale('log')
+        ax.set_xticks(sorted(set(ds)), [str(d) for d in sorted(set(ds))])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     spread = 'min–max' if opts.spread == 'minmax' else 'standard error'
     ax.set(xlabel='subspace dimension d (n_components)', ylabel='final test accuracy (%)',
            title=f'Final test accuracy vs subspace dimension: {setting(runs)}\n(mean over seeds, bars: {spread})')

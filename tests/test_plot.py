@@ -170,8 +170,8 @@ def test_projection_matches_numpy_svd(rundir):
 def test_dims_grouping(sweep):
     runs = plot.load_runs(sweep[1])
     groups = plot.dims_groups(runs)
-    assert set(groups) == {'P-SGD (dldr basis, snapshots 0..80)', 'P-SGD (random basis, snapshots 0..80)'}
-    assert groups['P-SGD (dldr basis, snapshots 0..80)'] == [
+    assert set(groups) == {'P-SGD (DLDR basis, snapshots 0..80)', 'P-SGD (random basis, snapshots 0..80)'}
+    assert groups['P-SGD (DLDR basis, snapshots 0..80)'] == [
         (d, 50.0 + d, 50.0 + d, 50.0 + d, 1) for d in (2, 5, 10, 40)]
     # random basis: seeds 1, 2, 3 give 11+d, 12+d, 13+d
     assert groups['P-SGD (random basis, snapshots 0..80)'] == [
