@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+import engine
 import utils
 
 METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
@@ -449,7 +450,7 @@ PLOTTERS = MappingProxyType({'curves': plot_curves, 'time': plot_time, 'spectrum
 def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--out', help='folder for the PNG files (default: the first input folder)')
-    common.add_argument('--dpi', type=utils._positive_int, default=120, help='resolution (default 120)')
+    common.add_argument('--dpi', type=engine.positive_int, default=120, help='resolution (default 120)')
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='family', required=True, metavar='FIGURE')
@@ -492,4 +493,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    engine.run_cli(main)
