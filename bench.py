@@ -7,7 +7,7 @@ Absolute times are noise on shared machines; the ratios are what we report (docs
 1. P-SGD step / SGD step at batch 128 (d = 40, random orthonormal P).          target <= 1.05
 2. P-BFGS step / floor at batch 1024; floor = SGD step + (mean trials) x forward
    (train-mode forward, no grad), P from a short real SGD trajectory.           target <= 1.10
-3. One SGD epoch through utils.DeviceLoader + utils.train_epoch
+3. One SGD epoch through utils.DeviceLoader + engine.train_epoch
    (a) / the same epoch on pre-made batches already on the device              target <= 1.05
    (b) torchvision DataLoader (PIL + RandomCrop/Flip/ToTensor/Normalize) / ours target >= 1.25 CPU
                                                                                      (>= 1.5 CUDA)
@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import dldr
+import engine
 import models
 import utils
 
@@ -104,7 +105,7 @@ def parse_args(argv=None):
     a('--_mode', dest='worker_mode', default='memory', help=argparse.SUPPRESS)
     a('--_runs', dest='worker_runs', type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.device = utils.pick_device(args.device)
+    args.device = engine.pick_device(args.device)
     cuda = args.device.type == 'cuda'
     quick = args.quick
     defaults = dict(pbfgs_batch_size=256 if quick else 1024,
@@ -278,8 +279,8 @@ def make_scaler(args):
 
 
 def sgd_run(model, optimizer, batches, args, scaler=None, before_step=None):
-    """The training loop of train_sgd.py / train_psgd.py (utils.train_epoch) over ``batches``."""
-    return lambda: utils.train_epoch(model, batches, optimizer, args.device, amp=args.amp,
+    """The training loop of train_sgd.py / train_psgd.py (engine.train_epoch) over ``batches``."""
+    return lambda: engine.train_epoch(model, batches, optimizer, engine.Context(args.device), amp=args.amp,
                                      scaler=scaler, before_step=before_step)
 
 
@@ -298,7 +299,7 @@ def write_trajectory(model0, data, args, folder):
     losses = []
     for i in range(1, args.snapshots):
         chunk = batches[(i - 1) * args.traj_steps:i * args.traj_steps]
-        losses.append(utils.train_epoch(model, chunk, optimizer, args.device, amp=args.amp)[0])
+        losses.append(engine.train_epoch(model, chunk, optimizer, engine.Context(args.device), amp=args.amp)[0])
         torch.save(model.state_dict(), utils.snapshot_path(folder, i))
     return steps, losses
 
@@ -393,7 +394,7 @@ def bench_pbfgs(model0, data, args, traj_dir, report):
     optimizer = dldr.PBFGS(params, P, buffers=list(model.buffers()))
     sgd_model, fwd_model = copy.deepcopy(model0), copy.deepcopy(model0)
     sgd_opt = torch.optim.SGD(sgd_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    meter = utils.EpochMeter(device)
+    meter = engine.EpochMeter(device)
     counter = {'i': 0}
 
     def next_batch():
@@ -408,10 +409,10 @@ def bench_pbfgs(model0, data, args, traj_dir, report):
 
             def closure():
                 if not torch.is_grad_enabled():
-                    with utils.autocast(device, amp):
+                    with engine.autocast(device, amp):
                         return F.cross_entropy(model(x).float(), y)
                 optimizer.zero_grad(set_to_none=True)
-                with utils.autocast(device, amp):
+                with engine.autocast(device, amp):
                     out = model(x)
                     loss = F.cross_entropy(out.float(), y)
                 loss.backward()
@@ -422,14 +423,14 @@ def bench_pbfgs(model0, data, args, traj_dir, report):
         return optimizer.stats['trials'] - before
 
     def sgd_steps():
-        return utils.train_epoch(sgd_model, [next_batch() for _ in range(k)], sgd_opt, device, amp=amp)
+        return engine.train_epoch(sgd_model, [next_batch() for _ in range(k)], sgd_opt, engine.Context(device), amp=amp)
 
     def forwards():
         fwd_model.train()
         with torch.no_grad():
             for _ in range(k):
                 x, y = next_batch()
-                with utils.autocast(device, amp):
+                with engine.autocast(device, amp):
                     loss = F.cross_entropy(fwd_model(x).float(), y)
         return loss
 
@@ -867,4 +868,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    engine.run_cli(main)

@@ -576,3 +576,64 @@ def finish_subspace_run(run, start):
     run.context.print(f'final test acc {run.record.data["final_test_acc"]}  best '
                       f'{run.record.data["best_test_acc"]}  ({time.time() - start:.0f}s)')
     run.context.print(f'model: {run.model_path}; metrics: {run.metrics_path}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Local process groups for tests and bench.py (the scripts are launched by torchrun).
+# ---------------------------------------------------------------------------------------------
+
+def spawn_local(fn, world_size, *args, timeout=120):
+    """Run ``fn(context, *args)`` in ``world_size`` fresh CPU processes (one thread each) joined
+    by gloo through a file:// rendezvous; returns their results in rank order.
+
+    ``fn`` must be importable (a module-level function) and its results picklable.  A rank that
+    raises makes this raise RuntimeError with its traceback; the other ranks are terminated
+    (they may be waiting in a collective), and nothing waits longer than ``timeout`` seconds.
+    """
+    import pickle
+    import queue as queue_module
+    import tempfile
+    import torch.multiprocessing as mp
+    spawn = mp.get_context('spawn')
+    with tempfile.TemporaryDirectory(prefix='dldr_spawn_') as folder:
+        results = spawn.Queue()
+        procs = [spawn.Process(target=_spawned_rank, daemon=True,
+                               args=(fn, rank, world_size, f'file://{folder}/rendezvous', timeout,
+                                     results, args)) for rank in range(world_size)]
+        for p in procs:
+            p.start()
+        out = {}
+        try:
+            deadline = time.monotonic() + timeout
+            while len(out) < world_size:
+                try:
+                    rank, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue_module.Empty:
+                    raise RuntimeError(f'spawn_local: no result from ranks '
+                                       f'{sorted(set(range(world_size)) - set(out))} within {timeout}s') from None
+                if not ok:
+                    raise RuntimeError(f'rank {rank} failed:\n{value}')
+                out[rank] = pickle.loads(value)
+        finally:
+            for p in procs:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+    return [out[r] for r in range(world_size)]
+
+
+def _spawned_rank(fn, rank, world_size, init_method, timeout, results, args):
+    import pickle
+    import traceback
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group('gloo', init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
+        context = Context(torch.device('cpu'), comm=DistComm())
+        # plain pickle: tensors travel by value, not as shared memory of an exiting process
+        results.put((rank, True, pickle.dumps(fn(context, *args))))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
