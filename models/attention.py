@@ -15,7 +15,7 @@ it, units whose shape is unchanged have identity shortcuts, as in the paper, so 
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .preact_resnet import PreActBottleneck
+from .preact_resnet import PreActBottleNeck as PreActBottleneck
 
 
 def unit(in_planes, planes, stride=1):
