@@ -44,7 +44,7 @@ def state_dict_layout(arch, num_classes):
 
 
 # Not yet rebuilt on the reference's layout.
-NOT_PORTED = {'googlenet', 'inceptionv3', 'inceptionv4', 'inceptionresnetv2', 'xception', 'nasnet',
+NOT_PORTED = {'inceptionv3', 'inceptionv4', 'inceptionresnetv2', 'xception', 'nasnet',
               'attention56', 'attention92'}
 
 
@@ -69,7 +69,9 @@ PAPER_TABLE = [
     ('densenet121', 7.0, 7048548),
     ('inceptionv3', 22.3, 21990468),
     ('xception', 21.0, 21011852),
-    ('googlenet', 6.2, 6250596),
+    pytest.param('googlenet', 6.2, 6402564, marks=pytest.mark.xfail(strict=True, reason=(
+        "the reference code's GoogLeNet (biased convs in the inception modules) has 6.40M "
+        'parameters at 100 classes; the table says 6.2M'))),
     pytest.param('shufflenetv2', 1.3, 1360896, marks=pytest.mark.xfail(strict=True, reason=(
         'ShuffleNetV2 1x has 1.36M parameters at 100 classes, also in the reference code; '
         'the table truncates it to 1.3M'))),
