@@ -13,7 +13,7 @@ An attention module multiplies its trunk (two units) by ``1 + mask`` between a `
 reference's type-1 module pools the same input for each of its three paths and uses
 ``soft_resdown3`` where ``shortcut_short`` was meant, and its type-3 module builds a ``shortcut``
 unit as well.  These units are never used: their parameters (stage1.1.shortcut_short, 0.14M, and
-stage3.<i>.shortcut, 2.1M each) get no gradient.  They are kept, so that state_dicts, parameter
+stage3.<i>.shortcut, 2.17M each) get no gradient.  They are kept, so that state_dicts, parameter
 counts and outputs match the reference.
 """
 import torch.nn as nn
