@@ -52,9 +52,10 @@ class Dataset:
 _CIFAR = {
     # name: (folder, train files, test files, label key, classes, mean, std)
     'CIFAR10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'],
-                b'labels', 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                b'labels', 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     'CIFAR100': ('cifar-100-python', ['train'], ['test'], b'fine_labels', 100,
-                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+                 (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
+                 (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
 }
 
 
@@ -111,7 +112,7 @@ def read_mnist(root):
     def prep(x):
         return F.pad(x.unsqueeze(1), (2, 2, 2, 2))
     return Dataset('MNIST', prep(train.data), train.targets.long(), prep(test.data),
-                   test.targets.long(), 10, (0.1307,), (0.3081,))
+                   test.targets.long(), 10, (0.0,), (1.0,))
 
 
 def make_synthetic(seed=0, n_train=10000, n_test=2000, num_classes=10):

@@ -1,49 +1,60 @@
 """DenseNet-BC (Huang et al. 2017, "Densely Connected Convolutional Networks") for 32x32 inputs.
 
-A 3x3 stem conv of 2k channels (k the growth rate) replaces the 7x7/2 conv and max pool; four
-dense blocks of bottleneck layers (BN-ReLU-1x1 conv to 4k, BN-ReLU-3x3 conv to k, concatenated)
-are joined by transitions (BN-ReLU-1x1 conv halving the channels, 2x2 average pool); a final
-BN-ReLU, global pool and FC.  As in weiaicunzai/pytorch-cifar100: densenet121 has 7.0M
-parameters at 100 classes.
+As in the reference code: a 3x3 stem conv of 2k channels (k the growth rate) replaces the 7x7/2
+conv and max pool; four dense blocks of bottleneck layers (BN-ReLU-1x1 conv to 4k, BN-ReLU-3x3
+conv to k, concatenated) are joined by transitions (BN, 1x1 conv halving the channels -- no
+ReLU -- and 2x2 average pool); a final BN-ReLU, global pool and linear head.  densenet121 has
+7.0M parameters at 100 classes.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
-def bn_relu_conv(in_planes, planes, kernel_size):
-    return nn.Sequential(nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True),
-                         nn.Conv2d(in_planes, planes, kernel_size, padding=kernel_size // 2, bias=False))
-
-
-class DenseLayer(nn.Module):
+class Bottleneck(nn.Module):
     def __init__(self, in_planes, growth_rate):
         super().__init__()
-        self.branch = nn.Sequential(bn_relu_conv(in_planes, 4 * growth_rate, 1),
-                                    bn_relu_conv(4 * growth_rate, growth_rate, 3))
+        inner = 4 * growth_rate
+        self.bottle_neck = nn.Sequential(
+            nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True), nn.Conv2d(in_planes, inner, 1, bias=False),
+            nn.BatchNorm2d(inner), nn.ReLU(inplace=True), nn.Conv2d(inner, growth_rate, 3, padding=1, bias=False))
 
     def forward(self, x):
-        return torch.cat([x, self.branch(x)], 1)
+        return torch.cat([x, self.bottle_neck(x)], 1)
+
+
+class Transition(nn.Module):
+    def __init__(self, in_planes, planes):
+        super().__init__()
+        self.down_sample = nn.Sequential(nn.BatchNorm2d(in_planes), nn.Conv2d(in_planes, planes, 1, bias=False),
+                                         nn.AvgPool2d(2))
+
+    def forward(self, x):
+        return self.down_sample(x)
 
 
 class DenseNet(nn.Module):
     def __init__(self, blocks, growth_rate=32, num_classes=10, in_channels=3, reduction=0.5):
         super().__init__()
         channels = 2 * growth_rate
-        layers = [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)]
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)
+        self.features = nn.Sequential()
         for i, n in enumerate(blocks):
-            for _ in range(n):
-                layers.append(DenseLayer(channels, growth_rate))
+            last = i == len(blocks) - 1
+            block = nn.Sequential()
+            for j in range(n):
+                block.add_module(f'bottle_neck_layer_{j}', Bottleneck(channels, growth_rate))
                 channels += growth_rate
-            if i < len(blocks) - 1:
-                out = int(channels * reduction)
-                layers += [bn_relu_conv(channels, out, 1), nn.AvgPool2d(2)]
-                channels = out
-        layers += [nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(channels, num_classes)
+            self.features.add_module(f'dense_block{i}' if last else f'dense_block_layer_{i}', block)
+            if not last:
+                self.features.add_module(f'transition_layer_{i}', Transition(channels, int(channels * reduction)))
+                channels = int(channels * reduction)
+        self.features.add_module('bn', nn.BatchNorm2d(channels))
+        self.features.add_module('relu', nn.ReLU(inplace=True))
+        self.linear = nn.Linear(channels, num_classes)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        return self.linear(F.adaptive_avg_pool2d(self.features(self.conv1(x)), 1).flatten(1))
 
 
 def densenet121(num_classes=10, in_channels=3):

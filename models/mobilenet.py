@@ -1,85 +1,103 @@
-"""MobileNet v1 (Howard et al. 2017) and v2 (Sandler et al. 2018) at width 1.0 for 32x32 inputs.
+"""MobileNet (Howard et al. 2017) and MobileNetV2 (Sandler et al. 2018) for 32x32 inputs, as in
+the DLDR reference code.
 
-mobilenet: a 3x3 conv of 32 channels, then 13 depthwise-separable layers (depthwise 3x3-BN-ReLU,
-pointwise 1x1-BN-ReLU) widening to 1024, with the paper's four downsamplings but none in the stem:
-3.3M parameters at 100 classes.  mobilenetv2: a 3x3 conv of 32 channels, the paper's 17 inverted
-residual bottlenecks (expand 1x1, depthwise 3x3, linear 1x1 project; ReLU6), a 1x1 conv to 1280,
-pool and FC; the stem and first stride-2 bottleneck keep stride 1 (CIFAR variant): 2.35M
-parameters at 100 classes.
+MobileNet: a 3x3 conv of 32 channels, then 13 depthwise-separable units (depthwise 3x3-BN-ReLU
+without bias, pointwise 1x1 with bias-BN-ReLU) widening to 1024 with four stride-2 units, global
+pool and FC: 3.3M parameters at 100 classes.
+
+MobileNetV2: a 1x1 conv of 32 channels with padding 1 (so the maps grow to 34x34, a quirk kept
+from the reference), 17 inverted-residual bottlenecks (1x1 expand by t, depthwise 3x3, linear 1x1
+project; ReLU6; identity skip where the shape is kept; every conv biased), a 1x1 conv to 1280,
+global pool and a 1x1 conv to the classes: 2.37M parameters at 100 classes.
 """
 import torch.nn as nn
+import torch.nn.functional as F
 
 
-def conv_bn_act(in_planes, planes, kernel_size, stride=1, groups=1, act=nn.ReLU):
-    return nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size, stride, kernel_size // 2,
-                                   groups=groups, bias=False),
-                         nn.BatchNorm2d(planes), act(inplace=True))
+class DepthSeperabelConv2d(nn.Module):  # sic, the reference's name
+    def __init__(self, in_planes, planes, stride=1):
+        super().__init__()
+        self.depthwise = nn.Sequential(nn.Conv2d(in_planes, in_planes, 3, stride, 1, groups=in_planes, bias=False),
+                                       nn.BatchNorm2d(in_planes), nn.ReLU(inplace=True))
+        self.pointwise = nn.Sequential(nn.Conv2d(in_planes, planes, 1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))
 
 
-def depthwise_separable(in_planes, planes, stride=1):
-    return nn.Sequential(conv_bn_act(in_planes, in_planes, 3, stride, groups=in_planes),
-                         conv_bn_act(in_planes, planes, 1))
+class BasicConv2d(nn.Module):
+    def __init__(self, in_planes, planes, kernel_size, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_planes, planes, kernel_size, **kwargs)
+        self.bn = nn.BatchNorm2d(planes)
 
-
-# (output channels, stride) of MobileNet v1's separable layers
-_V1_LAYERS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-              (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
 
 
 class MobileNet(nn.Module):
     def __init__(self, num_classes=10, in_channels=3):
         super().__init__()
-        layers, channels = [conv_bn_act(in_channels, 32, 3)], 32
-        for planes, stride in _V1_LAYERS:
-            layers.append(depthwise_separable(channels, planes, stride))
-            channels = planes
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.stem = nn.Sequential(BasicConv2d(in_channels, 32, 3, padding=1, bias=False),
+                                  DepthSeperabelConv2d(32, 64))
+        # (output channels, stride) of each separable unit, by group
+        groups = {'conv1': [(128, 2), (128, 1)], 'conv2': [(256, 2), (256, 1)],
+                  'conv3': [(512, 2)] + [(512, 1)] * 5, 'conv4': [(1024, 2), (1024, 1)]}
+        in_planes = 64
+        for name, units in groups.items():
+            layers = []
+            for planes, stride in units:
+                layers.append(DepthSeperabelConv2d(in_planes, planes, stride))
+                in_planes = planes
+            setattr(self, name, nn.Sequential(*layers))
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        x = self.conv4(self.conv3(self.conv2(self.conv1(self.stem(x)))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, in_planes, planes, stride, expansion):
+class LinearBottleNeck(nn.Module):
+    def __init__(self, in_planes, planes, stride, t=6):
         super().__init__()
-        hidden = in_planes * expansion
-        layers = [conv_bn_act(in_planes, hidden, 1, act=nn.ReLU6)] if expansion != 1 else []
-        self.branch = nn.Sequential(
-            *layers, conv_bn_act(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
-            nn.Conv2d(hidden, planes, 1, bias=False), nn.BatchNorm2d(planes))
-        self.use_residual = stride == 1 and in_planes == planes
+        hidden = in_planes * t
+        self.residual = nn.Sequential(
+            nn.Conv2d(in_planes, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, planes, 1), nn.BatchNorm2d(planes))
+        self.skip = stride == 1 and in_planes == planes
 
     def forward(self, x):
-        return x + self.branch(x) if self.use_residual else self.branch(x)
-
-
-# (expansion t, output channels c, repeats n, stride s); the paper's stride 2 for c=24 is 1 here
-_V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+        out = self.residual(x)
+        return out + x if self.skip else out
 
 
 class MobileNetV2(nn.Module):
     def __init__(self, num_classes=10, in_channels=3):
         super().__init__()
-        layers, channels = [conv_bn_act(in_channels, 32, 3, act=nn.ReLU6)], 32
-        for t, c, n, s in _V2_STAGES:
-            for i in range(n):
-                layers.append(InvertedResidual(channels, c, s if i == 0 else 1, t))
-                channels = c
-        layers += [conv_bn_act(channels, 1280, 1, act=nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(1280, num_classes)
+        self.pre = nn.Sequential(nn.Conv2d(in_channels, 32, 1, padding=1), nn.BatchNorm2d(32), nn.ReLU6(inplace=True))
+        self.stage1 = LinearBottleNeck(32, 16, 1, t=1)
+        # (repeats, input channels, output channels, first stride) of stages 2-6
+        for i, (n, in_planes, planes, stride) in enumerate(
+                [(2, 16, 24, 2), (3, 24, 32, 2), (4, 32, 64, 2), (3, 64, 96, 1), (3, 96, 160, 1)], 2):
+            setattr(self, f'stage{i}', nn.Sequential(*(LinearBottleNeck(in_planes if j == 0 else planes, planes,
+                                                                        stride if j == 0 else 1) for j in range(n))))
+        self.stage7 = LinearBottleNeck(160, 320, 1)
+        self.conv1 = nn.Sequential(nn.Conv2d(320, 1280, 1), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True))
+        self.conv2 = nn.Conv2d(1280, num_classes, 1)
 
     def forward(self, x):
-        return self.fc(self.features(x))
+        x = self.pre(x)
+        for i in range(1, 8):
+            x = getattr(self, f'stage{i}')(x)
+        return self.conv2(F.adaptive_avg_pool2d(self.conv1(x), 1)).flatten(1)
 
 
 def mobilenet(num_classes=10, in_channels=3):
-    """MobileNet v1, width 1.0."""
+    """MobileNet v1, width 1."""
     return MobileNet(num_classes, in_channels)
 
 
 def mobilenetv2(num_classes=10, in_channels=3):
-    """MobileNet v2, width 1.0."""
+    """MobileNetV2, width 1."""
     return MobileNetV2(num_classes, in_channels)

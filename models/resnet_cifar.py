@@ -42,13 +42,12 @@ class CifarResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for stage, planes in enumerate((16, 32, 64)):
-            for i in range(blocks_per_stage):
-                stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(BasicBlock(in_planes, planes, stride))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
+        # stages named layer1..layer3 as in the reference (Idelbayev's resnet.py), so state_dicts load
+        for stage, planes in enumerate((16, 32, 64), 1):
+            in_planes = max(planes // 2, 16)
+            blocks = [BasicBlock(in_planes if i == 0 else planes, planes, 2 if i == 0 and stage > 1 else 1)
+                      for i in range(blocks_per_stage)]
+            setattr(self, f'layer{stage}', nn.Sequential(*blocks))
         self.linear = nn.Linear(64, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -56,8 +55,9 @@ class CifarResNet(nn.Module):
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layers(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = self.layer3(self.layer2(self.layer1(out)))
+        # a square pool over the whole (square) map, as in the reference: the same sums, bit for bit
+        out = F.avg_pool2d(out, out.size(3)).flatten(1)
         return self.linear(out)
 
 
