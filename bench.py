@@ -14,6 +14,11 @@ Absolute times are noise on shared machines; the ratios are what we report (docs
 4. Basis extraction dldr.dldr_basis from memory-mapped snapshot files (utils.open_trajectory)
    vs load + full numpy SVD of the centred t x n trajectory (and sklearn PCA if importable):
    time, and peak memory measured in a fresh subprocess per method.
+5. Evaluation per image (engine.evaluate at the default evaluation batch) / training per image
+   (engine.train_epoch at --batch-size), the two halves of a logged epoch.     target <= 0.45
+6. Data parallel on the CPU (gloo, engine.spawn_local): bytes all-reduced per P-SGD step (the d
+   coordinates) / per DDP SGD step (the n-dim gradient, counted by a comm hook)  target <= 1.1 d/n
+   and the P-SGD step of 2 ranks / 1 process at the same global batch          target <= 1.0
 
 Timing: warm-up first; torch.cuda.synchronize() around timed regions on CUDA only; the compared
 variants are interleaved A B | B A | A B ... so drift and other tenants hit all of them; a ratio
@@ -94,7 +99,7 @@ def parse_args(argv=None):
     a('--amp', default='off', choices=('off', 'bf16', 'fp16'), help='autocast for ratios 1-3')
     a('--channels-last', action='store_true', help='channels_last model and batches')
     a('--quick', action='store_true', help='small smoke run (< 2 min on CPU)')
-    a('--only', default='1,2,3,4', help='comma list of the comparisons to run')
+    a('--only', default='1,2,3,4,5,6', help='comma list of the comparisons to run')
     a('--json', default=None, metavar='PATH', help='also write the results as JSON')
     a('--profile', default='', help='comma list of comparisons (1-3) to profile after timing them')
     a('--profile-rows', type=int, default=15, help='rows of each profile table')
@@ -780,6 +785,130 @@ def bench_basis(model0, args, traj_dir, report):
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. Evaluation vs training, per image
+# ---------------------------------------------------------------------------------------------
+
+def bench_eval(model0, data, args, report):
+    device, bs = args.device, args.batch_size
+    n = min(args.epoch_images, len(data.train_y))
+    eval_bs = utils.eval_batch_size(argparse.Namespace(eval_batch_size=None), device)
+    print(f'\n== 5. evaluation vs training per image ({n} images; training batch {bs}, evaluation '
+          f'batch {eval_bs} = the default here, and 1024 = the previous default) ==')
+    x, y = data.train_x[:n], data.train_y[:n]
+    context = engine.Context(device)
+    model = copy.deepcopy(model0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    train_loader = utils.DeviceLoader(x, y, bs, data.mean, data.std, device, train=True,
+                                      generator=torch.Generator().manual_seed(args.seed),
+                                      channels_last=args.channels_last)
+    evals = {b: utils.DeviceLoader(x, y, b, data.mean, data.std, device, train=False,
+                                   channels_last=args.channels_last) for b in sorted({eval_bs, 1024})}
+    variants = {'train': lambda: engine.train_epoch(model, train_loader, opt, context, amp=args.amp)}
+    for b, loader in evals.items():
+        variants[f'eval_b{b}'] = lambda loader=loader: engine.evaluate(model, loader, context, args.amp)
+    interleave(variants, 1, device)  # warm-up
+    res = interleave(variants, args.epoch_repeats, device)
+    per_image = {k: [s / n for s in secs(res, k)] for k in variants}
+    for k, v in per_image.items():
+        print(f'  {k:10s} {1e3 * statistics.median(v):.3f} ms per image')
+    report.add(f'eval / train per image (eval batch {eval_bs})', statistics.median(per_image[f'eval_b{eval_bs}']),
+               statistics.median(per_image['train']),
+               paired_ratio(per_image[f'eval_b{eval_bs}'], per_image['train']), '<=', 0.45,
+               detail=per_image)
+    if eval_bs != 1024:
+        print(f'  (the previous default, batch 1024: {paired_ratio(per_image["eval_b1024"], per_image["train"]):.3f} '
+              f'of a training image)')
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Data parallel: bytes per step, 2 gloo ranks vs 1 process
+# ---------------------------------------------------------------------------------------------
+
+class _CountingComm(dldr.Comm):
+    """Forwards to ``inner``, logging the bytes of every all-reduce."""
+
+    def __init__(self, inner):
+        self.inner, self.rank, self.world_size, self.sent = inner, inner.rank, inner.world_size, []
+
+    def all_reduce_(self, tensor, op='mean'):
+        self.sent.append(tensor.numel() * tensor.element_size())
+        return self.inner.all_reduce_(tensor, op)
+
+
+def _dist_steps(context, opts):
+    """In each rank: k P-SGD steps (d-vector all-reduce) and k DDP SGD steps on this rank's share
+    of the same global batches; returns seconds per step and bytes all-reduced per step."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel
+    torch.set_num_threads(opts['threads'])
+    torch.manual_seed(0)
+    model = models.get_model(opts['arch'], num_classes=10)
+    data = utils.make_synthetic(n_train=opts['batch'] * 4, n_test=16)
+    loader = utils.DeviceLoader(data.train_x, data.train_y, opts['batch'], data.mean, data.std,
+                                context.device, train=True, generator=torch.Generator().manual_seed(1),
+                                rank=context.rank, world_size=context.world_size)
+    batches = list(loader)
+    k = opts['steps']
+    out = {}
+    # P-SGD: no DDP wrapper, the d coordinates are all-reduced
+    psgd_model = copy.deepcopy(model)
+    params = dldr.trainable_params(psgd_model)
+    subspace = dldr.DenseSubspace(random_orthonormal_rows(opts['d'], sum(p.numel() for p in params),
+                                                          context.device, 0))
+    comm = _CountingComm(context.comm)
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    step = lambda: dldr.project_grads_(params, subspace, comm)  # noqa: E731
+    engine.train_epoch(psgd_model, batches[:1], opt, context, before_step=step)  # warm-up
+    comm.sent.clear()
+    t0 = time.perf_counter()
+    for i in range(k):
+        engine.train_epoch(psgd_model, [batches[i % len(batches)]], opt, context, before_step=step)
+    out['psgd_s'] = (time.perf_counter() - t0) / k
+    out['psgd_bytes'] = sum(comm.sent) / k
+    # DDP SGD: DDP all-reduces the n-dimensional gradient (bytes counted by a comm hook)
+    sent = []
+
+    def counting_hook(state, bucket):
+        sent.append(bucket.buffer().numel() * bucket.buffer().element_size())
+        return default_hooks.allreduce_hook(None, bucket)
+
+    ddp = DistributedDataParallel(copy.deepcopy(model))
+    ddp.register_comm_hook(None, counting_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    engine.train_epoch(ddp, batches[:1], opt, context)
+    sent.clear()
+    t0 = time.perf_counter()
+    for i in range(k):
+        engine.train_epoch(ddp, [batches[i % len(batches)]], opt, context)
+    out['ddp_s'] = (time.perf_counter() - t0) / k
+    out['ddp_bytes'] = sum(sent) / k
+    out['n'] = sum(p.numel() for p in params)
+    return out
+
+
+def bench_distributed(args, report):
+    if args.device.type != 'cpu':
+        report.skip('data parallel (gloo, CPU)', 'run with --device cpu')
+        return
+    cpus = os.cpu_count() or 1
+    opts = dict(arch=args.arch, batch=args.batch_size, d=args.n_components, steps=args.steps * 2)
+    print(f'\n== 6. data parallel on the CPU (gloo): global batch {args.batch_size}, d = {args.n_components}; '
+          f'1 process x {cpus} threads vs 2 processes x {max(1, cpus // 2)} thread(s) ==')
+    one = engine.spawn_local(_dist_steps, 1, dict(opts, threads=cpus), timeout=600)[0]
+    two = engine.spawn_local(_dist_steps, 2, dict(opts, threads=max(1, cpus // 2)), timeout=600)[0]
+    n, d = two['n'], args.n_components
+    print(f'  bytes all-reduced per step: P-SGD {two["psgd_bytes"]:.0f} (d * 4 = {d * 4}), DDP SGD '
+          f'{two["ddp_bytes"]:.0f} (n * 4 = {n * 4})')
+    print(f'  step time, 1 process: P-SGD {ms(one["psgd_s"])}, DDP SGD {ms(one["ddp_s"])}; '
+          f'2 ranks: P-SGD {ms(two["psgd_s"])}, DDP SGD {ms(two["ddp_s"])}')
+    report.add('bytes per step: P-SGD (d-vector) / DDP (n-vector)', two['psgd_bytes'], two['ddp_bytes'],
+               two['psgd_bytes'] / two['ddp_bytes'], '<=', float(f'{d / n * 1.1:.3g}'), unit='B',
+               detail=dict(one=one, two=two))
+    report.add(f'P-SGD step: 2 gloo ranks / 1 process (global batch {args.batch_size})', two['psgd_s'],
+               one['psgd_s'], two['psgd_s'] / one['psgd_s'], '<=', 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
 
@@ -801,6 +930,8 @@ class Report:
     def _fmt(value, unit):
         if value is None:
             return '-'
+        if unit == 'B':
+            return f'{value:.0f} B'
         return f'{value:.1f}' if unit == 'MiB' else ms(value)
 
     def table(self):
@@ -850,7 +981,9 @@ def main(argv=None):
         for part, fn in ((1, lambda: bench_psgd(model0, data, args, report)),
                          (2, lambda: bench_pbfgs(model0, data, args, traj_dir, report)),
                          (3, lambda: bench_epoch(model0, data, args, report)),
-                         (4, lambda: bench_basis(model0, args, traj_dir, report))):
+                         (4, lambda: bench_basis(model0, args, traj_dir, report)),
+                         (5, lambda: bench_eval(model0, data, args, report)),
+                         (6, lambda: bench_distributed(args, report))):
             if part in args.only:
                 gc.collect()
                 t0 = time.perf_counter()

@@ -533,11 +533,15 @@ def prepare_subspace_run(args, method):
         utils.refuse_overwrite([model_path, metrics_path], args)
     data = utils.load_data(args)
     model = utils.build_model(args, data, context.device)
-    if args.evaluate:
+    if args.evaluate:  # the saved final model (not rewritten), BN re-estimated with --bn-update
         utils.load_snapshot(model_path, model)
-        test_loader = utils.make_loaders(data, args, context, None)[1]
+        bn_loader, test_loader = utils.make_loaders(data, args, context, torch.Generator())
+        bn_loader.generator.manual_seed(args.randomseed)
+        update_bn(model, bn_loader, args.bn_update, context, args.amp)
         loss, acc = evaluate(model, test_loader, context, args.amp)
-        context.print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%')
+        context.print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%'
+                      + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
+                         if args.bn_update else ''))
         return None
     subspace, info = extract_basis(args, model, context)
     generator = torch.Generator().manual_seed(args.randomseed)
