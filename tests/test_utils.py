@@ -103,6 +103,8 @@ def test_read_cifar10_pickles_without_md5(tmp_path):
     assert data.train_x[4, 0, 0, 0] == images['data_batch_2'][0][0]
     assert data.train_y.tolist() == sum((labels[f'data_batch_{i}'] for i in range(1, 6)), [])
     assert data.test_y.tolist() == labels['test_batch']
+    # the reference's CIFAR-10 normalisation (its utils.get_datasets): ImageNet's statistics
+    assert data.mean == (0.485, 0.456, 0.406) and data.std == (0.229, 0.224, 0.225)
 
 
 def test_read_cifar100_fine_labels(tmp_path):
@@ -115,6 +117,9 @@ def test_read_cifar100_fine_labels(tmp_path):
     data = utils.read_cifar(str(tmp_path), 'CIFAR100')
     assert data.num_classes == 100 and data.train_y.tolist() == list(range(90, 96))
     assert data.test_x.shape == (3, 3, 32, 32) and int(data.test_x.max()) == 3
+    # the reference's CIFAR-100 statistics, to the digits it writes them with
+    assert data.mean == (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
+    assert data.std == (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
 
 
 def test_read_cifar_corrupt_file_is_a_user_error(tmp_path):
