@@ -363,24 +363,35 @@ RANDOM_BLOCK = 1024
 """Columns per independently seeded block of :func:`random_basis`'s Gaussian matrix."""
 
 
-def _gaussian_columns(d: int, a: int, b: int, seed: int, device: torch.device) -> Tensor:
-    """Columns [a, b) of a d x ∞ standard Gaussian float32 matrix whose k-th block of
-    :data:`RANDOM_BLOCK` columns is drawn from a generator (on ``device``) seeded by (seed, k):
-    the same columns however the coordinates are chunked or sharded."""
-    out = torch.empty(d, b - a, dtype=torch.float32, device=device)
-    generator = torch.Generator(device)
-    for k in range(a // RANDOM_BLOCK, -(-b // RANDOM_BLOCK)):
-        generator.manual_seed((seed % 2**31) * 2**32 + k)
-        block = torch.randn(d, RANDOM_BLOCK, generator=generator, device=device)
-        lo, hi = max(a, k * RANDOM_BLOCK), min(b, (k + 1) * RANDOM_BLOCK)
-        out[:, lo - a:hi - a] = block[:, lo - k * RANDOM_BLOCK:hi - k * RANDOM_BLOCK]
-    return out
+class _GaussianColumns:
+    """Columns of a d x ∞ standard Gaussian float32 matrix, drawn on ``device`` in blocks of
+    :data:`RANDOM_BLOCK` columns, in order, from one generator seeded by ``seed``: the same matrix
+    however it is chunked or sharded.  Call with increasing, non-overlapping column ranges; the
+    blocks before the first range are drawn and discarded."""
+
+    def __init__(self, d: int, seed: int, device: torch.device):
+        self.d, self.device = d, device
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.drawn, self.block = 0, None  # blocks drawn so far; the last one
+
+    def __call__(self, a: int, b: int) -> Tensor:
+        out = torch.empty(self.d, b - a, dtype=torch.float32, device=self.device)
+        for k in range(a // RANDOM_BLOCK, -(-b // RANDOM_BLOCK)):
+            if k < self.drawn - 1:
+                raise ValueError('column ranges must be requested in increasing order')
+            while self.drawn <= k:
+                self.block = torch.randn(self.d, RANDOM_BLOCK, generator=self.generator,
+                                         device=self.device)
+                self.drawn += 1
+            lo, hi = max(a, k * RANDOM_BLOCK), min(b, (k + 1) * RANDOM_BLOCK)
+            out[:, lo - a:hi - a] = self.block[:, lo - k * RANDOM_BLOCK:hi - k * RANDOM_BLOCK]
+        return out
 
 
 def random_basis(n_components: int, n: int, seed: int, *, device=None,
                  max_bytes: int | None = None, comm: Comm = LOCAL) -> Tensor:
     """A uniformly random d-dimensional subspace of R^n (Li et al. 2018; Larsen et al. 2022):
-    P (d x n float32) = the Gaussian rows of :func:`_gaussian_columns`, orthonormalised (Cholesky
+    P (d x n float32) = the Gaussian rows of :class:`_GaussianColumns`, orthonormalised (Cholesky
     of the summed P P^T, as :func:`dldr_basis` ends).
 
     Generated chunk by chunk on ``device`` (memory d x n + a chunk; ``comm`` shards the columns
@@ -392,7 +403,7 @@ def random_basis(n_components: int, n: int, seed: int, *, device=None,
         raise ValueError(f'n_components={d} must lie in 1..n={n}')
     device = torch.device('cpu' if device is None else device)
     lo, hi, ranges = _chunk_ranges(n, 12 * d, max_bytes, comm)
-    return _orthonormal_rows(lambda a, b: _gaussian_columns(d, a, b, seed, device), d, n,
+    return _orthonormal_rows(_GaussianColumns(d, seed, device), d, n,
                              (lo, hi), ranges, device, comm)
 
 
