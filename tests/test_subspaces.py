@@ -213,7 +213,7 @@ def test_psgd_iterates_stay_in_start_plus_span(kind):
 
 # ----------------------------------------------------------------------------------- the CLI
 
-PSGD = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '0.1', '--corrupt', '0.2',
+PSGD = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '1', '--corrupt', '0.2',
         '--params_start', '0', '--params_end', '3', '--arch=resnet8', *SMALL]
 
 
@@ -258,7 +258,8 @@ def test_cli_subspace_kinds_write_their_basis_entry_and_stay_in_the_subspace(kin
         P = dldr.random_basis(2, X.shape[1], 5).double().numpy()
         delta = w - X[0]
         assert np.linalg.norm(delta) > 0
-        assert np.linalg.norm(delta - P.T @ (P @ delta)) <= 1e-4 * np.linalg.norm(delta)
+        # (float32 weights: rounding of w itself, ~1e-7 |w|, bounds what can be checked)
+        assert np.linalg.norm(delta - P.T @ (P @ delta)) <= 1e-6 * np.linalg.norm(w) + 1e-4 * np.linalg.norm(delta)
 
 
 # --------------------------------------------------------------------------------- the sweep
