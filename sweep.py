@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     p = engine.Parser(description=__doc__.split('\n\n')[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      epilog='Every other flag (e.g. after --) is passed on to train_psgd.py.')
     p.add_argument('--save-dir', '--save_dir', required=True, metavar='DIR',
                    help='folder of the SGD trajectory (unless --pretrain-dir is passed on) and of '
                         'the sweep\'s runs, sweep.md and sweep.json')

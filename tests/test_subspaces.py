@@ -174,6 +174,19 @@ def test_fastfood_is_about_an_isometry_and_seeded():
         dldr.FastfoodSubspace(10, 5, seed=0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_kinds():
+    ff_cpu, ff_gpu = dldr.FastfoodSubspace(20, 3000, 1), dldr.FastfoodSubspace(20, 3000, 1, 'cuda')
+    c, g = torch.randn(20), torch.randn(3000)
+    torch.testing.assert_close(ff_gpu.lift(c.cuda()).cpu(), ff_cpu.lift(c), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ff_gpu.coords(g.cuda()).cpu(), ff_cpu.coords(g), atol=1e-4, rtol=0)
+    P = dldr.random_basis(8, 5000, 2, device='cuda', max_bytes=12 * 8 * 700)
+    assert P.is_cuda and orthonormality_error(P.cpu()) < 1e-5
+    torch.testing.assert_close(P, dldr.random_basis(8, 5000, 2, device='cuda'), atol=1e-6, rtol=0)
+    X = trajectory(5, 3000)
+    torch.testing.assert_close(dldr.twa_basis(X.cuda()).cpu(), dldr.twa_basis(X), atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------- P-SGD in every kind
 
 def small_model(seed=0):
