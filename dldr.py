@@ -7,9 +7,12 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   (BatchNorm running statistics are buffers, not part of the vector).
 * :func:`dldr_basis` (Algorithm 1): P (d x n, orthonormal rows) spanning the top-d principal
   directions of the centred snapshots, computed by streaming over chunks of coordinates.
+* Other subspaces, for comparison: :func:`twa_basis` (Trainable Weight Averaging: the span of
+  the raw snapshots), :func:`random_basis` (a seeded random subspace), :class:`FastfoodSubspace`
+  (a structured random map, O(n) memory).
 * :class:`Subspace`: the one interface every subspace kind offers — ``coords`` (g -> P g),
-  ``lift`` (c -> P^T c), ``dim``.  :class:`DenseSubspace` holds an explicit P (DLDR and the other
-  dense bases).  P-SGD (:func:`project_grads_`, then ``torch.optim.SGD``) and P-BFGS never know
+  ``lift`` (c -> P^T c), ``dim``, ``n``.  :class:`DenseSubspace` holds an explicit P (DLDR, TWA,
+  random).  P-SGD (:func:`project_grads_`, then ``torch.optim.SGD``) and P-BFGS never know
   which kind they have.
 * :class:`PBFGS` (Algorithm 2): BFGS on the coordinates g~ = P g with a backtracking Armijo
   line search, optionally plus momentum on the residual g - P^T g~.
@@ -167,16 +170,82 @@ def _trajectory_shape(snapshots) -> tuple[int, int]:
     return len(lengths), (lengths[0] if lengths else 0)
 
 
-def _centred_chunk(snapshots, start: int, stop: int, device: torch.device) -> Tensor:
-    """Coordinates [start, stop) of every snapshot as a (t, stop - start) float64 block, centred
-    across snapshots (per coordinate, so chunk-wise centring is exact)."""
+def _snapshot_chunk(snapshots, start: int, stop: int, device: torch.device,
+                    centre: bool = False) -> Tensor:
+    """Coordinates [start, stop) of every snapshot as a (t, stop - start) float64 block; with
+    ``centre``, centred across snapshots (per coordinate, so chunk-wise centring is exact)."""
     if isinstance(snapshots, Tensor):
         block = snapshots[:, start:stop].to(device=device, dtype=torch.float64, copy=True)
     else:
         block = torch.empty(len(snapshots), stop - start, dtype=torch.float64, device=device)
         for row, snapshot in zip(block, snapshots):
             row.copy_(torch.as_tensor(snapshot[start:stop]))
-    return block.sub_(block.mean(dim=0, keepdim=True))
+    return block.sub_(block.mean(dim=0, keepdim=True)) if centre else block
+
+
+def _prepare(snapshots, device):
+    """(snapshots as a tensor or a list, t, n, device defaulting to the tensor's, else the CPU)."""
+    if not isinstance(snapshots, Tensor):
+        snapshots = list(snapshots)
+    t, n = _trajectory_shape(snapshots)
+    if device is None:
+        device = snapshots.device if isinstance(snapshots, Tensor) else torch.device('cpu')
+    return snapshots, t, n, torch.device(device)
+
+
+def _chunk_ranges(n: int, bytes_per_coordinate: int, max_bytes: int | None,
+                  comm: Comm) -> tuple[int, int, list[tuple[int, int]]]:
+    """This rank's shard [lo, hi) of the n coordinates and its chunks [a, b), each at most
+    ``max_bytes`` (default :data:`DEFAULT_MAX_BYTES`) of working memory."""
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    if max_bytes <= 0:
+        raise ValueError(f'max_bytes must be positive, got {max_bytes}')
+    chunk = max(1, max_bytes // bytes_per_coordinate)
+    lo, hi = shard_range(n, comm.rank, comm.world_size)
+    return lo, hi, [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
+
+
+def _stream_gram(block_of, t: int, ranges, device: torch.device, comm: Comm) -> Tensor:
+    """Pass 1: Σ_chunks X_c X_c^T of the (t, b - a) float64 blocks ``block_of(a, b)``, summed over
+    the ranks; t x t float64 on the CPU (identical on every rank)."""
+    gram = torch.zeros(t, t, dtype=torch.float64, device=device)
+    for a, b in ranges:
+        block = block_of(a, b)
+        gram.addmm_(block, block.T)
+        del block  # free the last chunk before pass 2 allocates P
+    gram = comm.all_reduce_(gram, 'sum').cpu()
+    if not torch.isfinite(gram).all():
+        raise ValueError('snapshots contain non-finite values')
+    return gram
+
+
+def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
+                      device: torch.device, comm: Comm) -> Tensor:
+    """Pass 2: the d x n float32 matrix with columns [a, b) = ``rows_of(a, b)`` (d x (b - a)),
+    its rows re-orthonormalised, gathered from every rank's ``shard``.
+
+    With the summed overlap P P^T = L L^T (float64, from the rows before rounding), L^{-1} P has
+    orthonormal rows spanning the same space, row i mixing only rows 1..i: the Gram–Schmidt
+    order is kept.  Applied after a factorisation of the Gram matrix this is the second pass of
+    a CholeskyQR2, which removes what rounding in the first left of the loss of orthogonality.
+    """
+    lo, hi = shard
+    block = torch.empty(d, hi - lo, dtype=torch.float32, device=device)
+    overlap = torch.zeros(d, d, dtype=torch.float64, device=device)
+    for a, b in ranges:
+        rows = rows_of(a, b).to(torch.float64)
+        overlap.addmm_(rows, rows.T)
+        block[:, a - lo:b - lo] = rows
+        del rows
+    comm.all_reduce_(overlap, 'sum')
+    cholesky, info = torch.linalg.cholesky_ex(overlap)
+    if info.item() != 0:
+        raise ValueError(f'the {d} basis vectors are linearly dependent in float64')
+    whitening = torch.linalg.solve_triangular(
+        cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
+    for a, b in ranges:
+        block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].double()
+    return _gather_columns(block, n, comm)
 
 
 def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None,
@@ -211,33 +280,19 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
         ValueError: bad ``n_components``, snapshots of unequal length, non-finite snapshots, or a
             trajectory with fewer than d non-negligible principal directions.
     """
-    if not isinstance(snapshots, Tensor):
-        snapshots = list(snapshots)
-    t, n = _trajectory_shape(snapshots)
+    snapshots, t, n, device = _prepare(snapshots, device)
     d = n_components
     if d < 1:
         raise ValueError(f'n_components must be >= 1, got {d}')
     if d >= t:
         raise ValueError(f'n_components={d} must be < t={t}: a centred trajectory of t snapshots '
                          f'has rank <= t-1')
-    if device is None:
-        device = snapshots.device if isinstance(snapshots, Tensor) else torch.device('cpu')
-    device = torch.device(device)
-    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
-    if max_bytes <= 0:
-        raise ValueError(f'max_bytes must be positive, got {max_bytes}')
-    chunk = max(1, max_bytes // (8 * (t + 2 * d + 1)))
-    lo, hi = shard_range(n, comm.rank, comm.world_size)
-    ranges = [(a, min(a + chunk, hi)) for a in range(lo, hi, chunk)]
+    shard = _chunk_ranges(n, 8 * (t + 2 * d + 1), max_bytes, comm)
 
-    gram = torch.zeros(t, t, dtype=torch.float64, device=device)
-    for a, b in ranges:
-        w_chunk = _centred_chunk(snapshots, a, b, device)
-        gram.addmm_(w_chunk, w_chunk.T)
-        del w_chunk  # free the last chunk before pass 2 allocates P
-    gram = comm.all_reduce_(gram, 'sum').cpu()
-    if not torch.isfinite(gram).all():
-        raise ValueError('snapshots contain non-finite values')
+    def centred(a, b):
+        return _snapshot_chunk(snapshots, a, b, device, centre=True)
+
+    gram = _stream_gram(centred, t, shard[2], device, comm)
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
     eigenvalues = eigenvalues.flip(0).clamp_(min=0.0)  # G is PSD; clamp rounding below 0
     eigenvectors = eigenvectors.flip(1)
@@ -248,22 +303,108 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
                          f'(duplicate snapshots?); use fewer components')
 
     coefficients = (eigenvectors[:, :d] / eigenvalues[:d].sqrt()).T.contiguous().to(device)  # d x t
-    block = torch.empty(d, hi - lo, dtype=torch.float32, device=device)
-    overlap = torch.zeros(d, d, dtype=torch.float64, device=device)
-    for a, b in ranges:
-        rows = coefficients @ _centred_chunk(snapshots, a, b, device)
-        overlap.addmm_(rows, rows.T)
-        block[:, a - lo:b - lo] = rows
-        del rows
-    comm.all_reduce_(overlap, 'sum')
+    P = _orthonormal_rows(lambda a, b: coefficients @ centred(a, b), d, n, shard[:2], shard[2],
+                          device, comm)
+    return Basis(P=P, eigenvalues=eigenvalues)
 
-    # P P^T = L L^T  =>  L^{-1} P has orthonormal rows (row i mixes only rows 1..i).
-    cholesky = torch.linalg.cholesky(overlap)
-    whitening = torch.linalg.solve_triangular(
-        cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
-    for a, b in ranges:
-        block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].double()
-    return Basis(P=_gather_columns(block, n, comm), eigenvalues=eigenvalues)
+
+def twa_basis(snapshots, n_components: int | None = None, *, device=None,
+              max_bytes: int | None = None, comm: Comm = LOCAL) -> Tensor:
+    """Orthonormal basis of the raw (uncentred) snapshots, as Trainable Weight Averaging (Li et
+    al., ICLR 2023, github nblt/TWA) builds it: Gram–Schmidt of w_1, w_2, ... in order.
+
+    Returns P (d x n float32, orthonormal rows); row i spans w_i's component orthogonal to
+    w_1..w_{i-1}, so the leading d rows span the first d snapshots (TWA uses all t: the default
+    d = t).  Computed as a Cholesky QR, streamed like :func:`dldr_basis` (``comm`` shards it the
+    same way): pass 1 accumulates the raw Gram matrix G = X_d^T X_d of the first d snapshots in
+    float64, G = L L^T, pass 2 writes P[:, c] = L^{-1} X_c^T chunk by chunk, and the final
+    re-orthonormalisation makes it a CholeskyQR2 (orthonormal to rounding even when a snapshot is
+    nearly in the span of the earlier ones, as consecutive SGD snapshots are).
+
+    Raises:
+        ValueError: d outside 1..t, unequal lengths, non-finite snapshots, or a snapshot whose
+            distance to the span of the earlier ones is negligible (G_ii - |L_i,<i|^2 <=
+            RANK_RTOL * G_ii), e.g. a duplicate.
+    """
+    snapshots, t, n, device = _prepare(snapshots, device)
+    d = t if n_components is None else n_components
+    if not 1 <= d <= t:
+        raise ValueError(f'n_components={d} must lie in 1..t={t}: the span of t snapshots')
+    snapshots = snapshots[:d]
+    shard = _chunk_ranges(n, 8 * (3 * d + 1), max_bytes, comm)
+
+    def raw(a, b):
+        return _snapshot_chunk(snapshots, a, b, device)
+
+    gram = _stream_gram(raw, d, shard[2], device, comm)
+    cholesky, info = torch.linalg.cholesky_ex(gram)
+    residual = cholesky.diagonal() ** 2  # squared distance of w_i to span(w_1 .. w_{i-1})
+    if info.item() != 0 or (residual <= RANK_RTOL * gram.diagonal()).any():
+        i = int(info.item()) or int((residual <= RANK_RTOL * gram.diagonal()).nonzero()[0, 0]) + 1
+        raise ValueError(f'snapshot {i} of the range lies (numerically) in the span of the '
+                         f'earlier ones (duplicate snapshots?); use fewer components')
+    coefficients = torch.linalg.solve_triangular(
+        cholesky, torch.eye(d, dtype=torch.float64), upper=False).to(device)  # L^{-1}
+    return _orthonormal_rows(lambda a, b: coefficients @ raw(a, b), d, n, shard[:2], shard[2],
+                             device, comm)
+
+
+def snapshot_mean(snapshots, *, device=None, max_bytes: int | None = None) -> Tensor:
+    """(1/t) Σ w_i as a float32 n-vector on ``device``, streamed over chunks of coordinates
+    (TWA's starting point: the plain weight average)."""
+    snapshots, t, n, device = _prepare(snapshots, device)
+    mean = torch.empty(n, dtype=torch.float32, device=device)
+    for a, b in _chunk_ranges(n, 8 * (t + 1), max_bytes, LOCAL)[2]:
+        mean[a:b] = _snapshot_chunk(snapshots, a, b, device).mean(dim=0)
+    return mean
+
+
+RANDOM_BLOCK = 1024
+"""Columns per independently seeded block of :func:`random_basis`'s Gaussian matrix."""
+
+
+class _GaussianColumns:
+    """Columns of a d x ∞ standard Gaussian float32 matrix, drawn on ``device`` in blocks of
+    :data:`RANDOM_BLOCK` columns, in order, from one generator seeded by ``seed``: the same matrix
+    however it is chunked or sharded.  Call with increasing, non-overlapping column ranges; the
+    blocks before the first range are drawn and discarded."""
+
+    def __init__(self, d: int, seed: int, device: torch.device):
+        self.d, self.device = d, device
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.drawn, self.block = 0, None  # blocks drawn so far; the last one
+
+    def __call__(self, a: int, b: int) -> Tensor:
+        out = torch.empty(self.d, b - a, dtype=torch.float32, device=self.device)
+        for k in range(a // RANDOM_BLOCK, -(-b // RANDOM_BLOCK)):
+            if k < self.drawn - 1:
+                raise ValueError('column ranges must be requested in increasing order')
+            while self.drawn <= k:
+                self.block = torch.randn(self.d, RANDOM_BLOCK, generator=self.generator,
+                                         device=self.device)
+                self.drawn += 1
+            lo, hi = max(a, k * RANDOM_BLOCK), min(b, (k + 1) * RANDOM_BLOCK)
+            out[:, lo - a:hi - a] = self.block[:, lo - k * RANDOM_BLOCK:hi - k * RANDOM_BLOCK]
+        return out
+
+
+def random_basis(n_components: int, n: int, seed: int, *, device=None,
+                 max_bytes: int | None = None, comm: Comm = LOCAL) -> Tensor:
+    """A uniformly random d-dimensional subspace of R^n (Li et al. 2018; Larsen et al. 2022):
+    P (d x n float32) = the Gaussian rows of :class:`_GaussianColumns`, orthonormalised (Cholesky
+    of the summed P P^T, as :func:`dldr_basis` ends).
+
+    Generated chunk by chunk on ``device`` (memory d x n + a chunk; ``comm`` shards the columns
+    as :func:`dldr_basis` does): reproducible from ``seed``, and identical for any ``max_bytes``
+    or number of ranks on the same kind of device (CPU and CUDA generators draw different numbers).
+    """
+    d = n_components
+    if not 1 <= d <= n:
+        raise ValueError(f'n_components={d} must lie in 1..n={n}')
+    device = torch.device('cpu' if device is None else device)
+    lo, hi, ranges = _chunk_ranges(n, 12 * d, max_bytes, comm)
+    return _orthonormal_rows(_GaussianColumns(d, seed, device), d, n,
+                             (lo, hi), ranges, device, comm)
 
 
 def _gather_columns(block: Tensor, n: int, comm: Comm) -> Tensor:
@@ -286,9 +427,10 @@ def _gather_columns(block: Tensor, n: int, comm: Comm) -> Tensor:
 class Subspace:
     """A d-dimensional subspace of the n-dimensional parameter space, seen through its coordinates.
 
-    Every subspace kind implements :meth:`coords` (g -> P g) and :meth:`lift` (c -> P^T c) for a P
-    with orthonormal rows (so ``lift`` is the adjoint of ``coords`` and ``project`` is the
-    orthogonal projection); P-SGD and P-BFGS use nothing else.
+    Every subspace kind implements :meth:`coords` (g -> P g) and :meth:`lift` (c -> P^T c), its
+    adjoint; P-SGD and P-BFGS use nothing else.  For the dense kinds P has orthonormal rows (so
+    ``project`` is the orthogonal projection); :class:`FastfoodSubspace` is only approximately
+    orthonormal.
     """
 
     dim: int
@@ -327,6 +469,67 @@ class DenseSubspace(Subspace):
 
     def lift(self, c: Tensor) -> Tensor:
         return torch.mv(self.P.T, c)
+
+
+def fwht(x: Tensor) -> Tensor:
+    """Unnormalised fast Walsh–Hadamard transform H x along the last dimension (length 2^k,
+    Sylvester order: H_ij = (-1)^popcount(i & j), H H = 2^k I), in O(2^k k) operations."""
+    length = x.shape[-1]
+    if length & (length - 1):
+        raise ValueError(f'fwht needs a power-of-two length, got {length}')
+    y, h = x, 1
+    while h < length:
+        y = y.reshape(*x.shape[:-1], length // (2 * h), 2, h)
+        y = torch.stack((y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]), dim=-2)
+        h *= 2
+    return y.reshape(x.shape)
+
+
+class FastfoodSubspace(Subspace):
+    """The structured random subspace of Le et al. (2013) as the intrinsic-dimension code of Li
+    et al. (2018, uber-research/intrinsic-dimension, ``tf_fastfood_transform``) uses it.
+
+    With L = 2^ceil(log2 n) (one block, zero padding: d <= n <= L),
+    lift(c) = M c = scale · S_n H G Π H B pad_L(c), where B = diag(±1), H the unnormalised
+    Walsh–Hadamard matrix, Π a permutation ((Π x)_i = x_{Π[i]}), G = diag(N(0, 1)), S_n keeps
+    the first n entries and scale = 1 / sqrt(n |G|^2), which makes E |M c| = |c|: lift is an
+    approximate isometry (exactly unit columns when n = L).  ``coords`` is its exact adjoint
+    M^T g.  O(L) memory and O(L log L) time per product; B, Π, G come from a CPU generator
+    seeded by ``seed`` (the same on every device).
+
+    M's columns are only approximately orthonormal, so ``project`` = M M^T is not an orthogonal
+    projection.  Nothing in P-SGD or P-BFGS needs one: P-SGD's gradient M M^T g = M ∇_c f is SGD
+    (with momentum) on f(w_0 + M c), and P-BFGS is BFGS on the same reparametrisation, so their
+    iterates stay in w_0 + range(M) exactly as with an orthonormal basis (the residual momentum
+    of P-BFGS then uses g - M M^T g).
+    """
+
+    def __init__(self, dim: int, n: int, seed: int, device=None):
+        if not 1 <= dim <= n:
+            raise ValueError(f'a Fastfood subspace needs 1 <= d <= n, got d={dim}, n={n}')
+        self.dim, self.n = dim, n
+        self.length = 1 << max(n - 1, 0).bit_length()
+        generator = torch.Generator().manual_seed(seed)
+        B = torch.randint(0, 2, (self.length,), generator=generator) * 2 - 1
+        Pi = torch.randperm(self.length, generator=generator)
+        G = torch.randn(self.length, generator=generator, dtype=torch.float64)
+        self.scale = 1.0 / math.sqrt(n * float(G.square().sum()))
+        self.device = torch.device('cpu' if device is None else device)
+        self.B, self.G = B.to(self.device, torch.float32), G.to(self.device, torch.float32)
+        self.Pi = Pi.to(self.device)
+        self.Pi_inverse = torch.argsort(self.Pi)
+
+    def lift(self, c: Tensor) -> Tensor:
+        x = torch.zeros(self.length, dtype=torch.float32, device=self.device)
+        x[:self.dim] = c.float() * self.B[:self.dim]
+        x = fwht(fwht(x)[self.Pi] * self.G)
+        return x[:self.n].mul_(self.scale)
+
+    def coords(self, g: Tensor) -> Tensor:
+        y = torch.zeros(self.length, dtype=torch.float32, device=self.device)
+        y[:self.n] = g
+        y = fwht(fwht(y).mul_(self.G)[self.Pi_inverse])
+        return y[:self.dim].mul_(self.B[:self.dim]).mul_(self.scale)
 
 
 def as_subspace(basis) -> Subspace:

@@ -131,17 +131,37 @@ def make_parser(description, *, epochs, lr, lr_help):
     return p
 
 
+SUBSPACE_KINDS = ('dldr', 'twa', 'random', 'fastfood')
+SEEDED_KINDS = ('random', 'fastfood')
+
+
+def _train_start(text):
+    return text if text == 'mean' else nonnegative_int(text)
+
+
 def add_subspace_args(p, *, params_end=51):
     """Flags of the subspace scripts (train_psgd.py, train_pbfgs.py)."""
     a = p.add_argument
-    a('--n_components', '--n-components', default=40, type=positive_int, metavar='D',
-      help='dimension d of the subspace (number of DLDR basis vectors)')
+    a('--n_components', '--n-components', default=None, type=positive_int, metavar='D',
+      help='dimension d of the subspace (default: 40; twa: the number of snapshots)')
     a('--params_start', '--params-start', default=0, type=nonnegative_int, metavar='N',
-      help='first snapshot of the trajectory used for the basis; training starts from it')
+      help='first snapshot of the trajectory used for the basis; training starts from it '
+           '(see --train-start)')
     a('--params_end', '--params-end', default=params_end, type=nonnegative_int, metavar='N',
       help='end of the snapshot range (exclusive): snapshots params_start .. params_end-1')
     a('--pretrain-dir', '--pretrain_dir', default=None, metavar='DIR',
       help='directory holding the sampled trajectory (default: --save-dir)')
+    a('--subspace', default='dldr', choices=SUBSPACE_KINDS,
+      help='dldr: top-d principal directions of the centred snapshots (the paper); twa: '
+           'orthonormal basis of the raw snapshots in order (Trainable Weight Averaging; starts '
+           'at their mean); random: a seeded random subspace; fastfood: a seeded structured '
+           'random map (Le et al. 2013, O(n) memory)')
+    a('--subspace-seed', '--subspace_seed', default=None, type=int, metavar='S',
+      help='seed of the random and fastfood subspaces (default: --randomseed)')
+    a('--train-start', '--train_start', default=None, type=_train_start, metavar='K|mean',
+      help='where training starts: snapshot K, or mean: the mean of snapshots params_start .. '
+           'params_end-1 with BatchNorm statistics re-estimated on the training set (default: '
+           'mean for twa, params_start otherwise)')
     a('--alpha', default=0.0, type=float, metavar='A',
       help='weight of the residual momentum: the gradient part outside the subspace (0: off)')
     a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
@@ -172,10 +192,21 @@ def finish_args(args):
     if hasattr(args, 'params_end') and args.params_end <= args.params_start:
         raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
                         f'({args.params_start}): snapshots params_start..params_end-1 are used')
-    if hasattr(args, 'n_components') and args.n_components >= args.params_end - args.params_start:
-        raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
-                        f'snapshots ({args.params_end - args.params_start}: {args.params_start}..'
-                        f'{args.params_end - 1}): a centred trajectory of t snapshots has rank <= t-1')
+    if hasattr(args, 'subspace'):
+        t = args.params_end - args.params_start
+        if args.n_components is None:
+            args.n_components = t if args.subspace == 'twa' else 40
+        if args.subspace_seed is None:
+            args.subspace_seed = args.randomseed
+        if args.train_start is None:
+            args.train_start = default_train_start(args)
+        if args.subspace == 'twa' and args.n_components > t:
+            raise UserError(f'--n_components {args.n_components} must not exceed the number of '
+                            f'snapshots ({t}) with --subspace twa: their span has dimension <= {t}')
+        if args.subspace == 'dldr' and args.n_components >= t:
+            raise UserError(f'--n_components {args.n_components} must be smaller than the number '
+                            f'of snapshots ({t}: {args.params_start}..{args.params_end - 1}): a '
+                            f'centred trajectory of t snapshots has rank <= t-1')
     return args
 
 
@@ -481,41 +512,76 @@ def epoch_line(epoch, epochs, lr, train_loss, train_acc, test_loss, test_acc, tr
 # Subspace runs (train_psgd.py, train_pbfgs.py).
 # ---------------------------------------------------------------------------------------------
 
+def default_train_start(args):
+    return 'mean' if args.subspace == 'twa' else args.params_start
+
+
 def subspace_tag(method, args):
-    """File-name stem of a subspace run's outputs, e.g. ``pbfgs_d40_0-81``."""
-    return f'{method}_d{args.n_components}_{args.params_start}-{args.params_end}'
+    """File-name stem of a subspace run's outputs: ``pbfgs_d40_0-81`` for DLDR (the reference's
+    names), ``psgd_twa_d40_0-81``, ``psgd_random_s3_d40_0-81`` (kind, and seed where it matters),
+    plus ``_mean`` or ``_from<K>`` for a --train-start other than the kind's default."""
+    kind = args.subspace
+    seed = f'_s{args.subspace_seed}' if kind in SEEDED_KINDS else ''
+    tag = (method if kind == 'dldr' else f'{method}_{kind}{seed}') + \
+        f'_d{args.n_components}_{args.params_start}-{args.params_end}'
+    if args.train_start != default_train_start(args):
+        tag += '_mean' if args.train_start == 'mean' else f'_from{args.train_start}'
+    return tag
 
 
-def extract_basis(args, model, context):
-    """Algorithm 1 on the trajectory ``params_start .. params_end-1``, streamed from disk onto
-    the device, each rank streaming its block of coordinates; then ``model`` is set to snapshot
-    ``params_start`` (weights and BN buffers).
+def build_subspace(args, model, context):
+    """The ``--subspace`` of the trajectory ``params_start .. params_end-1``, streamed from disk
+    onto the device (each rank streaming its block of coordinates); then ``model`` is set to the
+    ``--train-start``: snapshot K (weights and BN buffers), or the snapshots' mean (weights; the
+    caller re-estimates the BN statistics).
 
-    Returns the :class:`dldr.DenseSubspace` and the ``basis`` entry of the run's JSON.
+    Returns the :class:`dldr.Subspace` and the ``basis`` entry of the run's JSON.
     """
     folder = args.pretrain_dir or args.save_dir
-    t = args.params_end - args.params_start  # finish_args has checked n_components < t
+    kind, d, t = args.subspace, args.n_components, args.params_end - args.params_start
     trajectory = utils.open_trajectory(folder, args.params_start, args.params_end, model)
+    n, memory, comm = len(trajectory[0]), args.basis_memory * 2**20, context.comm
+    info = {'kind': kind, 'seed': args.subspace_seed if kind in SEEDED_KINDS else None,
+            'snapshots': [args.params_start, args.params_end], 'folder': folder,
+            'start': args.train_start, 'n_components': d}
     start = time.time()
     try:
-        basis = dldr.dldr_basis(trajectory, args.n_components, device=context.device,
-                                max_bytes=args.basis_memory * 2**20, comm=context.comm)
+        if kind == 'dldr':
+            basis = dldr.dldr_basis(trajectory, d, device=context.device, max_bytes=memory, comm=comm)
+            subspace = dldr.DenseSubspace(basis.P)
+            ratio = basis.explained_variance_ratio.tolist()
+            info.update(explained_variance_ratio=ratio,
+                        cumulative_explained_variance=np.cumsum(ratio).tolist(),
+                        singular_values=basis.singular_values.tolist())
+        elif kind == 'twa':
+            subspace = dldr.DenseSubspace(dldr.twa_basis(trajectory, d, device=context.device,
+                                                         max_bytes=memory, comm=comm))
+        elif kind == 'random':
+            subspace = dldr.DenseSubspace(dldr.random_basis(d, n, args.subspace_seed, device=context.device,
+                                                            max_bytes=memory, comm=comm))
+        else:
+            subspace = dldr.FastfoodSubspace(d, n, args.subspace_seed, context.device)
     except ValueError as e:
-        raise UserError(f'basis of {folder}/{args.params_start}..{args.params_end - 1}.pt: {e}') from None
-    seconds = time.time() - start
-    utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
-    ratio = basis.explained_variance_ratio.tolist()
-    cumulative = np.cumsum(ratio)
-    context.print(f'basis: {t} snapshots {args.params_start}..{args.params_end - 1} of {folder}, '
-                  f'{len(trajectory[0])} parameters -> d = {basis.n_components}, {seconds:.1f}s on '
-                  f'{context.device}' + (f' x {context.world_size} ranks' if context.world_size > 1 else ''))
-    context.print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in ratio))
-    context.print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in cumulative))
-    info = {'kind': 'dldr', 'snapshots': [args.params_start, args.params_end], 'folder': folder,
-            'start': args.params_start, 'n_components': basis.n_components,
-            'explained_variance_ratio': ratio, 'cumulative_explained_variance': cumulative.tolist(),
-            'singular_values': basis.singular_values.tolist(), 'seconds': seconds}
-    return dldr.DenseSubspace(basis.P), info
+        raise UserError(f'{"" if kind == "dldr" else kind + " "}basis of {folder}/{args.params_start}..'
+                        f'{args.params_end - 1}.pt: {e}') from None
+    info['seconds'] = time.time() - start
+    if args.train_start == 'mean':
+        utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
+        dldr.set_flat_params_(dldr.trainable_params(model),
+                              dldr.snapshot_mean(trajectory, device=context.device, max_bytes=memory))
+    else:
+        utils.load_snapshot(utils.snapshot_path(folder, args.train_start), model)
+    where = 'the mean' if args.train_start == 'mean' else f'snapshot {args.train_start}'
+    seed = f', seed {info["seed"]}' if info['seed'] is not None else ''
+    ranks = f' x {context.world_size} ranks' if context.world_size > 1 else ''
+    context.print(f'basis: {kind}, {t} snapshots {args.params_start}..{args.params_end - 1} of '
+                  f'{folder}, {n} parameters -> d = {d}{seed}, {info["seconds"]:.1f}s on '
+                  f'{context.device}{ranks}; training starts at {where}')
+    if kind == 'dldr':
+        context.print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in ratio))
+        context.print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in
+                                                              info['cumulative_explained_variance']))
+    return subspace, info
 
 
 def prepare_subspace_run(args, method):
@@ -543,9 +609,12 @@ def prepare_subspace_run(args, method):
                       + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
                          if args.bn_update else ''))
         return None
-    subspace, info = extract_basis(args, model, context)
+    subspace, info = build_subspace(args, model, context)
     generator = torch.Generator().manual_seed(args.randomseed)
     train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    if args.train_start == 'mean':  # the averaged weights get their own BN statistics, as in TWA
+        loader = utils.make_loaders(data, args, context, torch.Generator().manual_seed(args.randomseed))[0]
+        update_bn(model, loader, len(loader), context, args.amp)
     bn_loader = utils.make_loaders(data, args, context, torch.Generator())[0] if args.bn_update else None
     record = RunRecord(metrics_path, args, context, method=method, basis=info,
                        n_parameters=sum(p.numel() for p in model.parameters()),
