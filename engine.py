@@ -167,10 +167,11 @@ def add_subspace_args(p, *, params_end=51):
     a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
     a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
       help='device-memory bound of the streamed basis extraction')
-    a('--bn-update', '--bn_update', default=0, type=nonnegative_int, metavar='N',
+    a('--bn-update', '--bn_update', default=10, type=nonnegative_int, metavar='N',
       help='re-estimate the BatchNorm running statistics on N training batches before each '
-           'evaluation and before saving the final model (costs N forward passes each time; '
-           '0: off, the statistics are the running averages of training)')
+           'evaluation and before saving the final model: N forward passes each time, training '
+           'itself is unchanged (0: off, as the reference: the running averages of training, '
+           'which lag the large early steps of short runs; docs/RESULTS.md)')
 
 
 def add_lr_milestones_arg(p, default, default_help):
