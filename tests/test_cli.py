@@ -115,6 +115,10 @@ def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
     for row in rows:
         assert {'lr', 'train_loss', 'train_acc', 'test_loss', 'test_acc', 'seconds'} <= row.keys()
         assert 0 <= row['test_acc'] <= 100 and np.isfinite(row['train_loss'])
+        assert row['train_seconds'] > 0 and row['eval_seconds'] > 0
+        assert row['train_seconds'] + row['eval_seconds'] <= row['seconds'] * 1.01
+    assert 'train ' in output['stdout'] and ' eval ' in output['stdout']
+    assert metrics['world_size'] == 1 and metrics['batch_per_rank'] == 128
     assert metrics['final_test_acc'] == rows[-1]['test_acc']
     assert metrics['best_test_acc'] == max(r['test_acc'] for r in rows)
     args = metrics['args']
@@ -170,10 +174,17 @@ def test_subspace_run_files_basis_and_iterates(subspace_run, method):
     rows = metrics['epochs']
     assert len(rows) == 1 and metrics['final_test_acc'] == rows[0]['test_acc']
     assert metrics['n_corrupted'] == 100
+    assert rows[0]['train_seconds'] > 0 and rows[0]['eval_seconds'] > 0
     if method == 'pbfgs':
         assert rows[0]['steps'] == 2 and rows[0]['nonfinite_skips'] == 0  # 500 images / 256
         assert 1 <= rows[0]['mean_trials'] <= 20
         assert 'trials/step' in proc.stdout and 'skipped 0' in proc.stdout
+        # the mean accepted step size replaces the meaningless 'lr 1' of the epoch line
+        accepted = rows[0]['steps'] - rows[0]['failed_searches']
+        if accepted:
+            assert 0.4 ** 19 <= rows[0]['mean_step_size'] <= 1
+            assert f"step {rows[0]['mean_step_size']:.3g}" in proc.stdout
+        assert ' lr ' not in proc.stdout.split('epoch    1/1')[1]
 
     # the final model: loadable, finite, and w_final - w_0 in the span of the centred snapshots
     model = models.get_model('resnet8')
