@@ -7,6 +7,7 @@
 #                            from the first 50 and the first 100 epochs' snapshots
 #   bash run.sh demo         the whole sequence on the offline synthetic dataset, on a CPU in a few
 #                            minutes, ending with a table of results
+#                            and figures (plot.py) in runs/demo
 #
 # Extra flags after the mode go to every script, e.g. `bash run.sh cifar10 --data-dir /data --amp bf16`.
 set -euo pipefail
@@ -55,6 +56,8 @@ for r in rows:
     print(f'{r[0]:8} {r[1]:>10} {r[2]:>6} {r[3]:>9.2f} {r[4]:>9.2f} {gap} {r[5]:>8.0f}')
 print('(vs SGD: final accuracy minus the SGD run\'s final accuracy, in points)')
 EOF
+    echo "figures (plot.py):"
+    python plot.py all "$dir" --out "$dir" |& tee -a runs/demo.log
 }
 
 case "$mode" in
