@@ -10,6 +10,7 @@ cuda:LOCAL_RANK.  ``--batch-size`` is the global batch; each rank takes its shar
 mini-batch (:class:`utils.DeviceLoader`).  Global rank 0 alone prints and writes files.
 """
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -342,7 +343,6 @@ def run_cli(main):
 
 def autocast(device, amp):
     if amp == 'off':
-        import contextlib
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
