@@ -205,7 +205,7 @@ def finish_args(args):
     if hasattr(args, 'n_components') and args.n_components >= len(snapshot_numbers(args)):
         raise UserError(f'--n_components {args.n_components} must be smaller than the number of '
                         f'snapshots ({len(snapshot_numbers(args))}: {args.params_start}..'
-                        f'{args.params_end - 1}' + (f' every {args.params_step}th' if args.params_step > 1
+                        f'{args.params_end - 1}' + (f', step {args.params_step}' if args.params_step > 1
                                                     else '') + '): a centred trajectory of t snapshots '
                         'has rank <= t-1')
     return args
@@ -576,7 +576,7 @@ def extract_basis(args, model, context):
     utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
     ratio = basis.explained_variance_ratio.tolist()
     cumulative = np.cumsum(ratio)
-    every = f' every {args.params_step}th' if args.params_step > 1 else ''
+    every = f', step {args.params_step}' if args.params_step > 1 else ''
     context.print(f'basis: {t} snapshots {args.params_start}..{args.params_end - 1}{every} of {folder}, '
                   f'{len(trajectory[0])} parameters -> d = {basis.n_components}, {seconds:.1f}s on '
                   f'{context.device}' + (f' x {context.world_size} ranks' if context.world_size > 1 else ''))

@@ -692,7 +692,7 @@ def open_trajectory(folder, start, end, model, step=1):
     missing = [snapshot_path(folder, i) for i in numbers if not os.path.isfile(snapshot_path(folder, i))]
     if missing:
         more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
-        every = f', every {step}th' if step > 1 else ''
+        every = f', step {step}' if step > 1 else ''
         raise UserError(f'missing snapshot {missing[0]}{more}: the trajectory needs '
                         f'{start}.pt .. {numbers[-1]}.pt{every} in {folder}')
     return [FlatSnapshot(snapshot_path(folder, i), model) for i in numbers]
