@@ -212,3 +212,16 @@ def test_arch_families():
     assert models.get_model('resnet18', 10, family='imagenet').conv1.kernel_size == (7, 7)
     with pytest.raises(utils.UserError, match='unknown arch'):
         engine.finish_args(SimpleNamespace(half=False, datasets='ImageNet', arch='resnet20'))
+
+
+def test_resume_continues_the_snapshot_numbering(image_folder, tmp_path, capsys):
+    args = [*COMMON, '--data-dir', image_folder, '-j', '0', '-b', '14', '--snapshot-every', '3',
+            '--save-dir', tmp_path]
+    assert in_process(capsys, 'train_sgd', *args, '--epochs', '1')[0] == 0
+    code, out, err = in_process(capsys, 'train_sgd', *args, '--epochs', '2', '--resume', 'auto')
+    assert code == 0, err
+    metrics = json.loads((tmp_path / 'metrics_sgd.json').read_text())
+    # 4 steps an epoch: snapshots after iterations 3, 4 (end of epoch 1), 6, 8 (end of epoch 2)
+    assert [(s['snapshot'], s['epoch'], s['step'], s['iteration']) for s in metrics['snapshots']] == [
+        (0, 0, 0, 0), (1, 1, 3, 3), (2, 1, 4, 4), (3, 2, 2, 6), (4, 2, 4, 8)]
+    assert sorted(p.name for p in tmp_path.glob('[0-9]*.pt')) == [f'{k}.pt' for k in range(5)]
