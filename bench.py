@@ -19,6 +19,10 @@ Absolute times are noise on shared machines; the ratios are what we report (docs
 6. Data parallel on the CPU (gloo, engine.spawn_local): bytes all-reduced per P-SGD step (the d
    coordinates) / per DDP SGD step (the n-dim gradient, counted by a comm hook)  target <= 1.1 d/n
    and the P-SGD step of 2 ranks / 1 process at the same global batch          target <= 1.0
+7. ImageFolder loading (decode + augment of JPEG files, no model): utils.FolderLoader
+   (ImageNet path) vs the reference's torchvision ImageFolder + RandomResizedCrop/Flip/ToTensor/
+   Normalize DataLoader, same worker count: images per second; and the decode alone, PIL vs
+   torchvision.io.decode_jpeg.                                                     target >= 1.0
 
 Timing: warm-up first; torch.cuda.synchronize() around timed regions on CUDA only; the compared
 variants are interleaved A B | B A | A B ... so drift and other tenants hit all of them; a ratio
@@ -99,7 +103,7 @@ def parse_args(argv=None):
     a('--amp', default='off', choices=('off', 'bf16', 'fp16'), help='autocast for ratios 1-3')
     a('--channels-last', action='store_true', help='channels_last model and batches')
     a('--quick', action='store_true', help='small smoke run (< 2 min on CPU)')
-    a('--only', default='1,2,3,4,5,6', help='comma list of the comparisons to run')
+    a('--only', default='1,2,3,4,5,6,7', help='comma list of the comparisons to run')
     a('--json', default=None, metavar='PATH', help='also write the results as JSON')
     a('--profile', default='', help='comma list of comparisons (1-3) to profile after timing them')
     a('--profile-rows', type=int, default=15, help='rows of each profile table')
@@ -567,6 +571,83 @@ def bench_epoch(model0, data, args, report):
 
 
 # ---------------------------------------------------------------------------------------------
+# 7. ImageFolder loading
+# ---------------------------------------------------------------------------------------------
+
+def write_jpeg_folder(root, n, classes=4, seed=0):
+    """``n`` JPEG files of about ImageNet's mean size (~400x350, quality 90; smooth random content)
+    in ``root/train/<class>/``."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        h, w = 300 + int(torch.randint(100, (1,), generator=g)), 350 + int(torch.randint(100, (1,), generator=g))
+        low = torch.rand(1, 3, h // 16, w // 16, generator=g)
+        img = F.interpolate(low, size=(h, w), mode='bilinear', align_corners=False)[0]
+        img = (img + 0.05 * torch.randn(img.shape, generator=g)).clamp(0, 1)
+        folder = os.path.join(root, 'train', f'c{i % classes}')
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray((img.permute(1, 2, 0) * 255).byte().numpy()).save(
+            os.path.join(folder, f'{i}.jpg'), quality=90)
+
+
+def bench_image_folder(args, report, size=224, batch=64):
+    """Images per second through our ImageFolder loader vs the reference's DataLoader."""
+    import torchvision
+    import torchvision.transforms as T
+    n, device = (64 if args.quick else 512), args.device
+    print(f'\n== 7. ImageFolder loading: {n} JPEGs (~400x350) -> {size}px crops, batch {batch}, '
+          f'to {device}, no model: utils.FolderLoader vs torchvision ImageFolder DataLoader ==')
+    with tempfile.TemporaryDirectory(prefix='dldr_bench_jpeg_') as root:
+        write_jpeg_folder(root, n)
+        _, paths, labels = utils.scan_image_folder(os.path.join(root, 'train'))
+        train_t, _ = utils.folder_transforms(size)
+        ref_t = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(utils.IMAGENET_MEAN, utils.IMAGENET_STD)])
+        reference = torchvision.datasets.ImageFolder(os.path.join(root, 'train'), ref_t)
+
+        def decode_pil():
+            from PIL import Image
+            for p in paths:
+                with Image.open(p) as im:
+                    im.convert('RGB').load()
+
+        def decode_tv():
+            for p in paths:
+                torchvision.io.decode_jpeg(torchvision.io.read_file(p))
+
+        dec = interleave({'pil': decode_pil, 'decode_jpeg': decode_tv}, 3, torch.device('cpu'))
+        pil, tv = secs(dec, 'pil'), secs(dec, 'decode_jpeg')
+        print(f'  decode only, per image: PIL {ms(statistics.median(pil) / n)}, '
+              f'torchvision.io.decode_jpeg {ms(statistics.median(tv) / n)}')
+        report.add('JPEG decode speed-up: PIL / decode_jpeg (info)', statistics.median(tv),
+                   statistics.median(pil), paired_ratio(pil, tv), '>=', 0.0)
+        for w in args.workers:
+            ours = utils.FolderLoader(utils.ImageFiles(paths, labels, train_t), batch,
+                                      utils.IMAGENET_MEAN, utils.IMAGENET_STD, device, train=True,
+                                      generator=torch.Generator().manual_seed(args.seed), workers=w)
+            ref = ToDevice(torch.utils.data.DataLoader(reference, batch_size=batch, shuffle=True,
+                                                       num_workers=w, pin_memory=device.type == 'cuda'),
+                           device, False)
+
+            def drain(loader):
+                def run():
+                    for x, _ in loader:
+                        pass
+                    sync(device)
+                return run
+
+            variants = {'ours': drain(ours), 'reference': drain(ref)}
+            interleave(variants, 1, device)  # warm-up: worker start, file cache
+            res = interleave(variants, args.epoch_repeats + 2, device)
+            o, r = secs(res, 'ours'), secs(res, 'reference')
+            print(f'  workers {w}: ours {spread(o)} = {n / statistics.median(o):.0f} img/s; reference '
+                  f'{spread(r)} = {n / statistics.median(r):.0f} img/s')
+            report.add(f'ImageFolder img/s (w={w}): ours / reference', statistics.median(o),
+                       statistics.median(r), paired_ratio(r, o), '>=', 1.0,
+                       detail=dict(ours_s=o, reference_s=r, images=n, workers=w))
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. Basis extraction
 # ---------------------------------------------------------------------------------------------
 
@@ -983,7 +1064,8 @@ def main(argv=None):
                          (3, lambda: bench_epoch(model0, data, args, report)),
                          (4, lambda: bench_basis(model0, args, traj_dir, report)),
                          (5, lambda: bench_eval(model0, data, args, report)),
-                         (6, lambda: bench_distributed(args, report))):
+                         (6, lambda: bench_distributed(args, report)),
+                         (7, lambda: bench_image_folder(args, report))):
             if part in args.only:
                 gc.collect()
                 t0 = time.perf_counter()

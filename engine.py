@@ -68,22 +68,40 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f'error: {message} (see --help)\n')
 
+    def format_help(self):
+        """The --arch choices per dataset family, filled in only when help is shown (listing
+        torchvision's models imports torchvision, seconds a script need not spend otherwise)."""
+        for action in self._actions:
+            if action.dest == 'arch':
+                action.help = (f'model architecture. CIFAR10/CIFAR100/MNIST/synthetic: '
+                               f'{", ".join(models.available_archs("cifar"))}. ImageNet (torchvision\'s '
+                               f'models, the class count from the folder): '
+                               f'{", ".join(models.available_archs("imagenet"))}')
+        return super().format_help()
+
 
 def make_parser(description, *, epochs, lr, lr_help):
     """The flags every script shares (train_sgd's set); subspace scripts add theirs on top."""
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a('--arch', '-a', metavar='ARCH', default='resnet20',
-      help='model architecture: ' + ', '.join(models.available_archs()))
+    a('--arch', '-a', metavar='ARCH', default='resnet20', help='model architecture')
     a('--datasets', metavar='NAME', default='CIFAR10',
-      help='training data: ' + ', '.join(utils.DATASET_NAMES) + ' (synthetic: offline, generated in memory)')
+      help='training data: ' + ', '.join(utils.DATASET_NAMES) + ' (synthetic: offline, generated in '
+           'memory; ImageNet: any ImageFolder tree, --data-dir/train and --data-dir/val with one '
+           'folder of images per class)')
     a('--data-dir', '--data_dir', default='./data',
       help='where datasets are read from (standard cifar-10-batches-py / cifar-100-python layout '
-           'read directly) and downloaded to when absent')
+           'read directly; ImageNet: train/ and val/ in the ImageFolder layout) and, except '
+           'ImageNet, downloaded to when absent')
+    a('--image-size', '--image_size', default=224, type=positive_int, metavar='S',
+      help='ImageNet: training crop RandomResizedCrop(S) + flip; evaluation Resize(S*256/224) + '
+           'CenterCrop(S)')
     a('--optimizer', default='sgd', choices=('sgd', 'adam'),
       help='optimizer of the sampling run (adam uses lr 0.001 as the reference)')
     a('-j', '--workers', default=4, type=int, metavar='N',
-      help='data-loading workers; unused: in-memory datasets are augmented on the training device')
+      help='ImageNet: DataLoader worker processes per rank decoding and augmenting the images '
+           '(0: in the training process); unused for the in-memory datasets, which are augmented '
+           'on the training device')
     a('--epochs', default=epochs, type=nonnegative_int, metavar='N', help='number of epochs to run')
     a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
       help='epoch number to start counting from (set automatically by --resume)')
@@ -100,10 +118,18 @@ def make_parser(description, *, epochs, lr, lr_help):
       help='when stdout is not a terminal, print a progress line every N iterations (0: never); '
            'on a terminal a progress bar is shown instead')
     a('--resume', default='', metavar='PATH',
-      help="resume from a full checkpoint; 'auto' takes <save-dir>/checkpoint.pt")
+      help="train_sgd.py: resume from a full checkpoint of train_sgd.py ('auto': "
+           "<save-dir>/checkpoint.pt): weights, BN buffers, optimizer, scheduler, RNG states, "
+           "epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
+           "reference's checkpoint_*.th / model.th: a dict with 'state_dict', 'module.' keys): only "
+           "the weights and BN buffers are restored from it, not optimizer, scheduler or epoch")
     a('-e', '--evaluate', action='store_true', help='only evaluate the model on the test set')
-    a('--pretrained', action='store_true',
-      help='accepted for compatibility with the reference; no pretrained CIFAR weights exist offline')
+    a('--pretrained', nargs='?', const=True, default=None, metavar='PATH',
+      help='train_sgd.py: start from these weights. Alone: torchvision\'s default ImageNet weights '
+           'of --arch, read from the local torch hub cache (<torch.hub.get_dir()>/checkpoints/; '
+           'never downloaded). PATH: a state_dict or a checkpoint holding one under "state_dict" '
+           '(the reference\'s) or "model" (ours), "module." prefixes dropped. The subspace scripts '
+           'start from snapshot --params_start and ignore it')
     a('--half', action='store_true', help='alias of --amp fp16 (the reference cast the model to fp16)')
     a('--amp', default='off', choices=('off', 'bf16', 'fp16'),
       help='mixed precision through autocast (fp16 adds a GradScaler on CUDA)')
@@ -150,6 +176,8 @@ def add_subspace_args(p, *, params_end=51):
            '(see --train-start)')
     a('--params_end', '--params-end', default=params_end, type=nonnegative_int, metavar='N',
       help='end of the snapshot range (exclusive): snapshots params_start .. params_end-1')
+    a('--params-step', '--params_step', default=1, type=positive_int, metavar='K',
+      help='use every K-th snapshot of params_start..params_end-1 (the reference\'s ImageNet run: 2)')
     a('--pretrain-dir', '--pretrain_dir', default=None, metavar='DIR',
       help='directory holding the sampled trajectory (default: --save-dir)')
     a('--subspace', default='dldr', choices=SUBSPACE_KINDS,
@@ -189,13 +217,16 @@ def finish_args(args):
         args.amp = 'fp16'
     if args.datasets not in utils.DATASET_NAMES:
         raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
-    if args.arch not in models.ARCHS:
-        raise UserError(f"unknown arch {args.arch!r}; valid: {', '.join(models.available_archs())}")
+    family = utils.dataset_family(args.datasets)
+    if args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
+        raise UserError(f"unknown arch {args.arch!r} for {args.datasets}; valid: "
+                        f"{', '.join(models.available_archs(family))}")
     if hasattr(args, 'params_end') and args.params_end <= args.params_start:
         raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
                         f'({args.params_start}): snapshots params_start..params_end-1 are used')
     if hasattr(args, 'subspace'):
-        t = args.params_end - args.params_start
+        t = len(snapshot_numbers(args))
+        every = f', step {args.params_step}' if args.params_step > 1 else ''
         if args.n_components is None:
             args.n_components = t if args.subspace == 'twa' else 40
         if args.subspace_seed is None:
@@ -204,10 +235,10 @@ def finish_args(args):
             args.train_start = default_train_start(args)
         if args.subspace == 'twa' and args.n_components > t:
             raise UserError(f'--n_components {args.n_components} must not exceed the number of '
-                            f'snapshots ({t}) with --subspace twa: their span has dimension <= {t}')
+                            f'snapshots ({t}{every}) with --subspace twa: their span has dimension <= {t}')
         if args.subspace == 'dldr' and args.n_components >= t:
             raise UserError(f'--n_components {args.n_components} must be smaller than the number '
-                            f'of snapshots ({t}: {args.params_start}..{args.params_end - 1}): a '
+                            f'of snapshots ({t}: {args.params_start}..{args.params_end - 1}{every}): a '
                             f'centred trajectory of t snapshots has rank <= t-1')
     return args
 
@@ -347,29 +378,44 @@ def autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
 
 
+class Scores(tuple):
+    """(mean loss, top-1 accuracy %): unpacks as that pair; ``acc5`` is the top-5 accuracy % (None
+    with 5 classes or fewer)."""
+
+    def __new__(cls, loss, acc, acc5=None):
+        self = super().__new__(cls, (loss, acc))
+        self.acc5 = acc5
+        return self
+
+
 class EpochMeter:
-    """Running loss sum, correct count and image count, kept on the device (no per-step host
-    sync); :meth:`result` sums them over the ranks."""
+    """Running loss sum, top-1 and top-5 correct counts and image count, kept on the device (no
+    per-step host sync); :meth:`result` sums them over the ranks."""
 
     def __init__(self, device):
-        self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+        self.sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss * n, top-1, top-5, n
+        self.top5 = False
 
     def update(self, loss, output, target):
         n = target.shape[0]
+        output = output.detach()
         self.sums[0] += loss.detach().double() * n
-        self.sums[1] += (output.detach().argmax(1) == target).sum()
-        self.sums[2] += n
+        self.sums[1] += (output.argmax(1) == target).sum()
+        if output.shape[1] > 5:
+            self.top5 = True
+            self.sums[2] += (output.topk(5, 1).indices == target[:, None]).any(1).sum()
+        self.sums[3] += n
 
     def result(self, comm=dldr.LOCAL):
-        """(mean loss, accuracy in %) over every rank's images — one all-reduce, one host sync."""
-        loss, correct, count = comm.all_reduce_(self.sums.clone(), 'sum').tolist()
+        """:class:`Scores` over every rank's images — one all-reduce, one host sync."""
+        loss, correct, correct5, count = comm.all_reduce_(self.sums.clone(), 'sum').tolist()
         if count == 0:
-            return float('nan'), float('nan')
-        return loss / count, 100.0 * correct / count
+            return Scores(float('nan'), float('nan'))
+        return Scores(loss / count, 100.0 * correct / count, 100.0 * correct5 / count if self.top5 else None)
 
 
 def evaluate(model, loader, context, amp='off'):
-    """Test loss and accuracy (%) in eval mode; each rank evaluates its shard of the test set."""
+    """Test :class:`Scores` in eval mode; each rank evaluates its shard of the test set."""
     model.eval()
     meter = EpochMeter(context.device)
     with torch.inference_mode(), autocast(context.device, amp):
@@ -396,14 +442,15 @@ def progress(iterable, total, desc, print_freq, show=True):
 
 
 def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, before_step=None,
-                desc='train', print_freq=0):
+                after_step=None, desc='train', print_freq=0):
     """One epoch of mini-batch training; ``before_step()`` runs between backward and the step
-    (P-SGD projects the gradient there).  Returns (mean loss, accuracy %) over all ranks; the
-    loss is NaN/inf when any step produced a non-finite loss."""
+    (P-SGD projects the gradient there), ``after_step(i)`` after step i (0-based) of the epoch.
+    Returns the :class:`Scores` over all ranks; the loss is NaN/inf when any step produced a
+    non-finite loss."""
     model.train()
     device = context.device
     meter = EpochMeter(device)
-    for x, y in progress(loader, len(loader), desc, print_freq, context.is_main):
+    for i, (x, y) in enumerate(progress(loader, len(loader), desc, print_freq, context.is_main)):
         with autocast(device, amp):
             out = model(x)
             loss = F.cross_entropy(out.float(), y)
@@ -421,6 +468,8 @@ def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, be
                 before_step()
             optimizer.step()
         meter.update(loss, out, y)
+        if after_step is not None:
+            after_step(i)
     return meter.result(context.comm)
 
 
@@ -482,14 +531,17 @@ class RunRecord:
     """The run's metrics JSON (args, per-epoch rows, summary), rewritten atomically each epoch by
     global rank 0."""
 
-    def __init__(self, path, args, context, **extra):
+    def __init__(self, path, args, context, loaders=(), **extra):
         self.path = path
         self.context = context
+        self.loaders = loaders
         self.data = {'args': vars(args), **extra, 'world_size': context.world_size,
                      'batch_per_rank': args.batch_size // context.world_size,
-                     'epochs': [], 'final_test_acc': None, 'best_test_acc': None}
+                     'epochs': [], 'final_test_acc': None, 'best_test_acc': None, 'skipped_images': 0}
 
     def add_epoch(self, row):
+        """Append an epoch's row (on every rank: counting the skipped images is a collective)."""
+        self.data['skipped_images'] = utils.count_skipped(self.loaders, self.context.comm)
         self.data['epochs'].append(row)
         accs = [r['test_acc'] for r in self.data['epochs']]
         self.data['final_test_acc'] = accs[-1]
@@ -502,11 +554,21 @@ class RunRecord:
 
 
 def epoch_line(epoch, epochs, lr, train_loss, train_acc, test_loss, test_acc, train_seconds,
-               eval_seconds, extra=''):
+               eval_seconds, extra='', train_acc5=None, test_acc5=None):
     lr_text = f'lr {lr:.4g}  ' if lr is not None else ''
-    return (f'epoch {epoch:>4d}/{epochs}  {lr_text}train loss {train_loss:.4f} acc {train_acc:6.2f}%  '
-            f'test loss {test_loss:.4f} acc {test_acc:6.2f}%  train {train_seconds:.1f}s '
-            f'eval {eval_seconds:.1f}s{extra}')
+    train5 = f' top5 {train_acc5:6.2f}%' if train_acc5 is not None else ''
+    test5 = f' top5 {test_acc5:6.2f}%' if test_acc5 is not None else ''
+    return (f'epoch {epoch:>4d}/{epochs}  {lr_text}train loss {train_loss:.4f} acc {train_acc:6.2f}%'
+            f'{train5}  test loss {test_loss:.4f} acc {test_acc:6.2f}%{test5}  train '
+            f'{train_seconds:.1f}s eval {eval_seconds:.1f}s{extra}')
+
+
+def score_row(train, test):
+    """The loss / accuracy entries of a JSON row from the train and test :class:`Scores`."""
+    row = {'train_loss': train[0], 'train_acc': train[1], 'test_loss': test[0], 'test_acc': test[1]}
+    if test.acc5 is not None:
+        row.update(train_acc5=train.acc5, test_acc5=test.acc5)
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,14 +582,22 @@ def default_train_start(args):
 def subspace_tag(method, args):
     """File-name stem of a subspace run's outputs: ``pbfgs_d40_0-81`` for DLDR (the reference's
     names), ``psgd_twa_d40_0-81``, ``psgd_random_s3_d40_0-81`` (kind, and seed where it matters),
-    plus ``_mean`` or ``_from<K>`` for a --train-start other than the kind's default."""
+    plus ``_step<K>`` with ``--params-step K`` and ``_mean`` or ``_from<K>`` for a --train-start
+    other than the kind's default."""
     kind = args.subspace
     seed = f'_s{args.subspace_seed}' if kind in SEEDED_KINDS else ''
     tag = (method if kind == 'dldr' else f'{method}_{kind}{seed}') + \
         f'_d{args.n_components}_{args.params_start}-{args.params_end}'
+    if args.params_step > 1:
+        tag += f'_step{args.params_step}'
     if args.train_start != default_train_start(args):
         tag += '_mean' if args.train_start == 'mean' else f'_from{args.train_start}'
     return tag
+
+
+def snapshot_numbers(args):
+    """The snapshots of a subspace run's basis."""
+    return range(args.params_start, args.params_end, args.params_step)
 
 
 def build_subspace(args, model, context):
@@ -539,12 +609,14 @@ def build_subspace(args, model, context):
     Returns the :class:`dldr.Subspace` and the ``basis`` entry of the run's JSON.
     """
     folder = args.pretrain_dir or args.save_dir
-    kind, d, t = args.subspace, args.n_components, args.params_end - args.params_start
-    trajectory = utils.open_trajectory(folder, args.params_start, args.params_end, model)
+    kind, d, t = args.subspace, args.n_components, len(snapshot_numbers(args))
+    trajectory = utils.open_trajectory(folder, args.params_start, args.params_end, model,
+                                       args.params_step)
     n, memory, comm = len(trajectory[0]), args.basis_memory * 2**20, context.comm
     info = {'kind': kind, 'seed': args.subspace_seed if kind in SEEDED_KINDS else None,
-            'snapshots': [args.params_start, args.params_end], 'folder': folder,
-            'start': args.train_start, 'n_components': d}
+            'snapshots': [args.params_start, args.params_end], 'step': args.params_step,
+            'used': list(snapshot_numbers(args)), 'folder': folder, 'start': args.train_start,
+            'n_components': d}
     start = time.time()
     try:
         if kind == 'dldr':
@@ -575,7 +647,8 @@ def build_subspace(args, model, context):
     where = 'the mean' if args.train_start == 'mean' else f'snapshot {args.train_start}'
     seed = f', seed {info["seed"]}' if info['seed'] is not None else ''
     ranks = f' x {context.world_size} ranks' if context.world_size > 1 else ''
-    context.print(f'basis: {kind}, {t} snapshots {args.params_start}..{args.params_end - 1} of '
+    every = f', step {args.params_step}' if args.params_step > 1 else ''
+    context.print(f'basis: {kind}, {t} snapshots {args.params_start}..{args.params_end - 1}{every} of '
                   f'{folder}, {n} parameters -> d = {d}{seed}, {info["seconds"]:.1f}s on '
                   f'{context.device}{ranks}; training starts at {where}')
     if kind == 'dldr':
@@ -592,6 +665,9 @@ def prepare_subspace_run(args, method):
     if args.resume:
         raise UserError('--resume applies to train_sgd.py; rerun the subspace run instead')
     context = setup(args)
+    if args.pretrained:
+        context.print(f'note: --pretrained is ignored: a subspace run starts from snapshot '
+                      f'{args.params_start} (give --pretrained to train_sgd.py)')
     utils.prepare_save_dir(args.save_dir)
     tag = subspace_tag(method, args)
     model_path = os.path.join(args.save_dir, f'{tag}.pt')
@@ -605,8 +681,9 @@ def prepare_subspace_run(args, method):
         bn_loader, test_loader = utils.make_loaders(data, args, context, torch.Generator())
         bn_loader.generator.manual_seed(args.randomseed)
         update_bn(model, bn_loader, args.bn_update, context, args.amp)
-        loss, acc = evaluate(model, test_loader, context, args.amp)
-        context.print(f'{model_path}: test loss {loss:.4f} acc {acc:.2f}%'
+        scores = evaluate(model, test_loader, context, args.amp)
+        context.print(f'{model_path}: test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
+                      + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
                       + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
                          if args.bn_update else ''))
         return None
@@ -617,8 +694,8 @@ def prepare_subspace_run(args, method):
         loader = utils.make_loaders(data, args, context, torch.Generator().manual_seed(args.randomseed))[0]
         update_bn(model, loader, len(loader), context, args.amp)
     bn_loader = utils.make_loaders(data, args, context, torch.Generator())[0] if args.bn_update else None
-    record = RunRecord(metrics_path, args, context, method=method, basis=info,
-                       n_parameters=sum(p.numel() for p in model.parameters()),
+    record = RunRecord(metrics_path, args, context, (train_loader, test_loader, bn_loader),
+                       method=method, basis=info, n_parameters=sum(p.numel() for p in model.parameters()),
                        n_train=len(data.train_y),
                        n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
     return SimpleNamespace(context=context, device=context.device, data=data, model=model,
@@ -629,15 +706,15 @@ def prepare_subspace_run(args, method):
 
 def evaluate_subspace_model(run, args, epoch):
     """BatchNorm statistics averaged over the ranks (re-estimated first with ``--bn-update``),
-    then the sharded test evaluation.  Returns (loss, accuracy, seconds)."""
+    then the sharded test evaluation.  Returns (:class:`Scores`, seconds)."""
     t0 = time.time()
     if args.bn_update:
         run.bn_loader.generator.manual_seed(args.randomseed + 7919 * (epoch + 1))
         update_bn(run.model, run.bn_loader, args.bn_update, run.context, args.amp)
     else:
         average_buffers_(run.model, run.context.comm)
-    loss, acc = evaluate(run.model, run.test_loader, run.context, args.amp)
-    return loss, acc, time.time() - t0
+    scores = evaluate(run.model, run.test_loader, run.context, args.amp)
+    return scores, time.time() - t0
 
 
 def finish_subspace_run(run, start):

@@ -8,6 +8,17 @@
 #   bash run.sh demo         the whole sequence on the offline synthetic dataset, on a CPU in a few
 #                            minutes, ending with a table of results
 #                            and figures (plot.py) in runs/demo
+#   DATA=/path/to/imagenet bash run.sh imagenet
+#                            ImageNet ResNet18 (ARCH=resnet50 for another torchvision model): SGD 90
+#                            epochs, a snapshot every 1000 iterations -> 120-D P-BFGS (4 epochs, 30
+#                            trials) from every 2nd of snapshots 0..240
+#   DATA=/path/to/imagenet bash run.sh imagenet-finetune
+#                            fine-tune torchvision's pretrained ResNet18 (the weights file must be in
+#                            the torch hub cache) 15 epochs at lr 0.005 -> 30-D P-BFGS 1 epoch from
+#                            snapshots 1..90
+#                            DATA holds train/ and val/ (one folder per class); every GPU is used
+#                            through torchrun when there are several; WORKERS (default 8) loader
+#                            processes per GPU.
 #
 # Extra flags after the mode go to every script, e.g. `bash run.sh cifar10 --data-dir /data --amp bf16`.
 set -euo pipefail
@@ -30,6 +41,28 @@ cifar100() {
             $py train_psgd.py --epochs 40 --datasets CIFAR100 --lr 1 --params_start 0 --params_end $end --batch-size 128 --n_components 40 --arch=$model --save-dir=save_cifar100_$model "$@" |& tee -a log_cifar100_$model
         done
     done
+}
+
+launcher() {  # torchrun over every GPU when there are several, else one process
+    local n
+    n=$(python -c 'import torch; print(torch.cuda.device_count())')
+    if [ "$n" -gt 1 ]; then echo "torchrun --standalone --nproc_per_node $n"; else echo "$py"; fi
+}
+
+imagenet() {  # $1: imagenet or finetune
+    local data=${DATA:?set DATA=/path/to/imagenet (train/ and val/, one folder per class)}
+    local model=${ARCH:-resnet18} launch
+    launch=$(launcher)
+    local common=(--datasets ImageNet --data-dir "$data" --arch "$model" -b 256 -j "${WORKERS:-8}" -p 100)
+    if [ "$1" = imagenet ]; then
+        local dir=save_imagenet_$model log=log_imagenet_$model
+        $launch train_sgd.py "${common[@]}" --lr 0.1 --weight-decay 1e-4 --epochs 90 --snapshot-every 1000 --save-dir "$dir" "${@:2}" |& tee -a "$log"
+        $launch train_pbfgs.py "${common[@]}" --epochs 4 --params_start 0 --params_end 241 --params-step 2 --n_components 120 --max-trials 30 --save-dir "$dir" "${@:2}" |& tee -a "$log"
+    else
+        local dir=save_imagenet_finetune_$model log=log_imagenet_finetune_$model
+        $launch train_sgd.py "${common[@]}" --pretrained --lr 0.005 --weight-decay 1e-4 --epochs 15 --snapshot-every 1000 --save-dir "$dir" "${@:2}" |& tee -a "$log"
+        $launch train_pbfgs.py "${common[@]}" --epochs 1 --params_start 1 --params_end 91 --n_components 30 --max-trials 30 --save-dir "$dir" "${@:2}" |& tee -a "$log"
+    fi
 }
 
 demo() {
@@ -65,5 +98,7 @@ case "$mode" in
     labelnoise) cifar10 "${C:-0.2}" "$@" ;;
     cifar100) cifar100 "$@" ;;
     demo) demo "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo] [extra flags]" >&2; exit 2 ;;
+    imagenet) imagenet imagenet "$@" ;;
+    imagenet-finetune) imagenet finetune "$@" ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

@@ -23,14 +23,16 @@ import engine
 def parse_args(argv=None):
     p = engine.make_parser(
         'P-BFGS: quasi-Newton training in the d-dimensional DLDR subspace of a sampled trajectory '
-        '(Armijo sigma 0.4, backtracking rho 0.4, at most 20 trials per step; when all trials fail '
-        'no step is taken). No weight decay.',
+        '(Armijo sigma 0.4, backtracking rho 0.4, at most --max-trials trials per step; when all '
+        'trials fail no step is taken). No weight decay.',
         epochs=100, lr=1.0, lr_help='unused (kept for the reference command lines): the line '
                                     'search sets the step')
     engine.add_subspace_args(p)
     p.add_argument('--accumulate', default=1, type=engine.positive_int, metavar='K',
                    help='average the gradients of K mini-batches per step (the line search uses '
                         'the last one)')
+    p.add_argument('--max-trials', '--max_trials', default=20, type=engine.positive_int, metavar='N',
+                   help='line-search trials per step (the reference: 20 on CIFAR, 30 on ImageNet)')
     return engine.finish_args(p.parse_args(argv))
 
 
@@ -56,7 +58,8 @@ def main(argv=None):
         return
     model, context, device = run.model, run.context, run.device
     optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
-                           alpha=args.alpha, gamma=args.gamma, comm=context.comm)
+                           max_trials=args.max_trials, alpha=args.alpha, gamma=args.gamma,
+                           comm=context.comm)
 
     start = time.time()
     steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
@@ -88,18 +91,18 @@ def main(argv=None):
 
             optimizer.step(closure)
         stats = optimizer.reset_stats()
-        train_loss, train_acc = meter.result(context.comm)
+        train = meter.result(context.comm)
         t1 = time.time()
-        test_loss, test_acc, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
+        test, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
         mean_trials = stats['trials'] / max(stats['steps'], 1)
         accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
         mean_step = stats.pop('step_size_sum') / max(accepted, 1)
         context.print(engine.epoch_line(
-            epoch + 1, args.epochs, None, train_loss, train_acc, test_loss, test_acc, t1 - t0,
+            epoch + 1, args.epochs, None, *train, *test, t1 - t0,
             eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
-                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}'))
-        run.record.add_epoch({'epoch': epoch + 1, 'train_loss': train_loss, 'train_acc': train_acc,
-                              'test_loss': test_loss, 'test_acc': test_acc,
+                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}',
+            train_acc5=train.acc5, test_acc5=test.acc5))
+        run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
                               'mean_trials': mean_trials, **stats})

@@ -43,20 +43,19 @@ def main(argv=None):
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
-        train_loss, train_acc = engine.train_epoch(
+        train = engine.train_epoch(
             model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
             before_step=lambda: dldr.project_grads_(params, run.subspace, context.comm),
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train[0]):
             raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped '
                              f'(try a lower --lr)' if context.is_main else 1)
         scheduler.step()
         t1 = time.time()
-        test_loss, test_acc, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
-        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss,
-                                        test_acc, t1 - t0, eval_seconds))
-        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss,
-                              'train_acc': train_acc, 'test_loss': test_loss, 'test_acc': test_acc,
+        test, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, *train, *test, t1 - t0, eval_seconds,
+                                        train_acc5=train.acc5, test_acc5=test.acc5))
+        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds})
     engine.finish_subspace_run(run, start)

@@ -1,7 +1,9 @@
 """Regular training that samples the DLDR trajectory.
 
 Writes <save-dir>/0.pt (the initialisation) before the first step and <save-dir>/k.pt after
-epoch k: the snapshots from which train_psgd.py / train_pbfgs.py extract the subspace.
+epoch k: the snapshots from which train_psgd.py / train_pbfgs.py extract the subspace.  With
+--snapshot-every N also every N iterations, all numbered consecutively; the metrics JSON maps
+each snapshot number to its epoch and iteration (``snapshots``).
 
     python -u train_sgd.py --datasets CIFAR10 --lr 0.1 --arch=resnet20 --epochs=150 \
         --save-dir=save_resnet20 |& tee -a log_resnet20
@@ -20,11 +22,12 @@ import utils
 
 # Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
 # 75% of --epochs.
-MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,)}
+MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,), 'ImageNet': (30, 60)}
 
 # Flags that define a trajectory: resuming with other values would mix two runs.
 TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
-                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last', 'lr_milestones')
+                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last', 'lr_milestones',
+                   'snapshot_every', 'image_size')
 CHECKPOINT_KEYS = {'epoch', 'args', 'best_acc', 'epochs', 'model', 'optimizer', 'scheduler', 'rng'}
 
 
@@ -33,7 +36,10 @@ def parse_args(argv=None):
         'Regular training (SGD or Adam) that saves a snapshot of the model after every epoch: '
         'the trajectory sampled by DLDR.', epochs=200, lr=0.1, lr_help='initial learning rate')
     engine.add_lr_milestones_arg(p, None, 'as the reference, 100 150 on CIFAR10, 150 on CIFAR100, '
-                                         'else 50%% and 75%% of --epochs')
+                                         '30 60 on ImageNet, else 50%% and 75%% of --epochs')
+    p.add_argument('--snapshot-every', '--snapshot_every', default=None, type=engine.positive_int,
+                   metavar='N', help='also write a snapshot every N iterations (the reference\'s '
+                   'ImageNet run: 1000); snapshots are then numbered consecutively, not by epoch')
     return engine.finish_args(p.parse_args(argv))
 
 
@@ -72,13 +78,17 @@ def main(argv=None):
     metrics_path = os.path.join(args.save_dir, 'metrics_sgd.json')
     ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
 
-    checkpoint, earlier = None, []
+    checkpoint, earlier, eval_weights = None, [], None
     if args.resume:
         checkpoint = utils.load_file(resume_path(args), 'checkpoint')
+        if args.evaluate and not (isinstance(checkpoint, dict) and CHECKPOINT_KEYS <= checkpoint.keys()):
+            eval_weights, checkpoint = utils.weights_of(checkpoint), None  # weights + BN buffers only
+    if checkpoint is not None:
         if not isinstance(checkpoint, dict) or not CHECKPOINT_KEYS <= checkpoint.keys():
             raise utils.UserError(f'{resume_path(args)} is not a full checkpoint of train_sgd.py '
-                                  f'(a snapshot k.pt holds only weights): use checkpoint.pt or '
-                                  f'checkpoint_<epoch>.pt')
+                                  f'(a snapshot k.pt or a reference checkpoint holds only weights: '
+                                  f'evaluate it with -e, start from it with --pretrained): use '
+                                  f'checkpoint.pt or checkpoint_<epoch>.pt')
         changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)]
         if changed:
             k = changed[0]
@@ -99,17 +109,21 @@ def main(argv=None):
 
     data = utils.load_data(args)
     noise = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)
-    model = utils.build_model(args, data, context.device)
+    model = utils.build_model(args, data, context.device, None if args.resume else args.pretrained)
     optimizer = make_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones(args), gamma=0.1)
     scaler = engine.grad_scaler(args, context.device)
     generator = torch.Generator().manual_seed(args.randomseed)
     train_loader, test_loader = utils.make_loaders(data, args, context, generator)
-    record = engine.RunRecord(metrics_path, args, context, method='sgd',
+    record = engine.RunRecord(metrics_path, args, context, (train_loader, test_loader), method='sgd',
                               n_parameters=sum(p.numel() for p in model.parameters()),
                               n_train=len(data.train_y), n_corrupted=len(data.corrupted)
                               if data.corrupted is not None else 0)
     best = 0.0
+    snapshots = record.data['snapshots'] = []  # [{'snapshot': k, 'epoch', 'step', 'iteration'}]
+    if eval_weights is not None:
+        utils.check_state_dict(eval_weights, model, resume_path(args))
+        model.load_state_dict(eval_weights)
 
     if checkpoint is not None:
         utils.check_state_dict(checkpoint['model'], model, resume_path(args))
@@ -135,6 +149,10 @@ def main(argv=None):
         args.start_epoch = checkpoint['epoch']
         best = checkpoint['best_acc']
         record.data['epochs'] = checkpoint['epochs']
+        steps = len(train_loader)  # checkpoints of before --snapshot-every: one snapshot an epoch
+        snapshots += checkpoint.get('snapshots') or [
+            {'snapshot': k, 'epoch': k, 'step': steps if k else 0, 'iteration': k * steps}
+            for k in range(args.start_epoch + 1)]
         if record.data['epochs']:
             record.data['final_test_acc'] = record.data['epochs'][-1]['test_acc']
             record.data['best_test_acc'] = max(r['test_acc'] for r in record.data['epochs'])
@@ -146,21 +164,28 @@ def main(argv=None):
                   + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
 
     if args.evaluate:
-        loss, acc = engine.evaluate(model, test_loader, context, args.amp)
-        context.print(f'test loss {loss:.4f} acc {acc:.2f}%')
+        scores = engine.evaluate(model, test_loader, context, args.amp)
+        context.print(f'test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
+                      + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else ''))
         return
+
+    def snapshot(epoch, step, iteration):
+        """The next numbered snapshot (written by rank 0), mapped in the JSON."""
+        if context.is_main:
+            utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, len(snapshots)))
+        snapshots.append({'snapshot': len(snapshots), 'epoch': epoch, 'step': step, 'iteration': iteration})
 
     if context.is_main:
         for path in earlier:  # --overwrite: only now that the new run is set up
             os.remove(path)
         if earlier:
             print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
-        if args.start_epoch == 0:
-            utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, 0))
-            if data.corrupted is not None:
+        if args.start_epoch == 0 and data.corrupted is not None:
                 utils.save_json({'corrupt': args.corrupt, 'randomseed': args.randomseed,
                                  'indices': data.corrupted.tolist()},
                                 os.path.join(args.save_dir, 'label_noise.json'))
+    if args.start_epoch == 0:
+        snapshot(0, 0, 0)
     # Data parallel: gradients all-reduced by DDP; BatchNorm buffers broadcast from rank 0 at every
     # forward (DDP's default), so rank 0's statistics are the run's.
     net = (DistributedDataParallel(model, device_ids=[context.device] if context.device.type == 'cuda'
@@ -172,30 +197,38 @@ def main(argv=None):
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
-        train_loss, train_acc = engine.train_epoch(
+        base, steps = snapshots[-1]['iteration'], len(train_loader)
+
+        def after_step(i):  # mid-epoch snapshots; one with non-finite weights is not written
+            if (base + i + 1) % args.snapshot_every == 0 and i + 1 < steps and torch.stack(
+                    [torch.isfinite(p).all() for p in model.parameters()]).all():
+                snapshot(epoch + 1, i + 1, base + i + 1)
+
+        train = engine.train_epoch(
             net, train_loader, optimizer, context, amp=args.amp, scaler=scaler,
+            after_step=after_step if args.snapshot_every else None,
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
         scheduler.step()
         t1 = time.time()
         engine.broadcast_buffers_(model, context)
-        test_loss, test_acc = engine.evaluate(model, test_loader, context, args.amp)
+        test = engine.evaluate(model, test_loader, context, args.amp)
         t2 = time.time()
+        (train_loss, train_acc), (test_loss, test_acc) = train, test
         broken = [k for k, v in model.state_dict().items()
                   if v.is_floating_point() and not torch.isfinite(v).all()]
         if not (math.isfinite(train_loss) and math.isfinite(test_loss)) or broken:
             what = (f'weights ({broken[0]})' if broken else
                     'training loss' if not math.isfinite(train_loss) else 'test loss')
             raise SystemExit(f'error: non-finite {what} in epoch {epoch + 1}; stopped. The last '
-                             f'good snapshot is {utils.snapshot_path(args.save_dir, epoch)} (try a '
+                             f'good snapshot is {utils.snapshot_path(args.save_dir, snapshots[-1]["snapshot"])} (try a '
                              f'lower --lr)' if context.is_main else 1)
         best = max(best, test_acc)
-        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train_loss, train_acc, test_loss,
-                                        test_acc, t1 - t0, t2 - t1))
-        record.add_epoch({'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss, 'train_acc': train_acc,
-                          'test_loss': test_loss, 'test_acc': test_acc, 'seconds': t2 - t0,
-                          'train_seconds': t1 - t0, 'eval_seconds': t2 - t1})
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, *train, *test, t1 - t0, t2 - t1,
+                                        train_acc5=train.acc5, test_acc5=test.acc5))
+        snapshot(epoch + 1, steps, base + steps)
+        record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
+                          'seconds': t2 - t0, 'train_seconds': t1 - t0, 'eval_seconds': t2 - t1})
         if context.is_main:
-            utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, epoch + 1))
             checkpoint = {
                 'epoch': epoch + 1, 'args': vars(args), 'best_acc': best, 'epochs': record.data['epochs'],
                 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
@@ -203,7 +236,7 @@ def main(argv=None):
                 'rng': {'data': generator.get_state(), 'torch': torch.get_rng_state(),
                         'cuda': torch.cuda.get_rng_state(context.device)
                         if context.device.type == 'cuda' else None},
-                'label_noise': noise, 'world_size': context.world_size,
+                'label_noise': noise, 'world_size': context.world_size, 'snapshots': snapshots,
             }
             utils.save_tensors(checkpoint, ckpt_path)
             if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
@@ -214,7 +247,7 @@ def main(argv=None):
     record.save()
     context.print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
                   f'({time.time() - run_start:.0f}s)')
-    context.print(f'trajectory: {args.save_dir}/0.pt .. {args.epochs}.pt; metrics: {metrics_path}')
+    context.print(f'trajectory: {args.save_dir}/0.pt .. {len(snapshots) - 1}.pt; metrics: {metrics_path}')
 
 
 if __name__ == '__main__':

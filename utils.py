@@ -1,5 +1,5 @@
-"""Data and files of the three training scripts: datasets on the training device, label noise,
-subsets, trajectory snapshots, checkpoints and JSON written atomically, user errors.
+"""Data and files of the three training scripts: datasets on the training device (CIFAR, MNIST,
+synthetic), ImageFolder datasets (ImageNet) decoded by DataLoader workers, label noise, subsets, trajectory snapshots, checkpoints and JSON written atomically, user errors.
 
 The method itself (basis, projection, P-BFGS) lives in ``dldr.py``, the run plumbing (flags,
 process group, loops) in ``engine.py``.  Nothing here keeps module-level mutable state.
@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -24,7 +25,12 @@ class UserError(Exception):
     """A problem with the user's input: reported as one line, exit status 2, no traceback."""
 
 
-DATASET_NAMES = ('CIFAR10', 'CIFAR100', 'MNIST', 'synthetic')
+DATASET_NAMES = ('CIFAR10', 'CIFAR100', 'MNIST', 'synthetic', 'ImageNet')
+
+
+def dataset_family(name):
+    """The model family (``models.FAMILIES``) of a dataset: torchvision's models for ImageFolder data."""
+    return 'imagenet' if name == 'ImageNet' else 'cifar'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +53,9 @@ class Dataset:
     @property
     def channels(self):
         return self.train_x.shape[1]
+
+    def keep_train(self, idx):
+        self.train_x, self.train_y = self.train_x[idx], self.train_y[idx]
 
 
 _CIFAR = {
@@ -189,7 +198,9 @@ def _data_seed(seed, purpose):
 
 def load_data(args):
     """The training data of a run: dataset, then ``--smalldatasets`` subset, then label noise."""
-    if args.datasets == 'synthetic':
+    if args.datasets == 'ImageNet':
+        data = read_image_folder(args.data_dir, args.image_size)
+    elif args.datasets == 'synthetic':
         data = make_synthetic()
     elif args.datasets in _CIFAR:
         data = read_cifar(args.data_dir, args.datasets)
@@ -200,11 +211,18 @@ def load_data(args):
     if args.smalldatasets is not None and args.smalldatasets < 1:
         keep = balanced_subset(data.train_y, args.smalldatasets, data.num_classes,
                                _data_seed(args.randomseed, 'subset'))
-        data.train_x, data.train_y = data.train_x[keep], data.train_y[keep]
+        data.keep_train(keep)
     if args.corrupt > 0:
         data.train_y, data.corrupted = corrupt_labels(
             data.train_y, args.corrupt, data.num_classes, _data_seed(args.randomseed, 'noise'))
     return data
+
+
+def batch_bounds(n, batch_size, world_size):
+    """[(start, stop)) of every global batch of an epoch, each a multiple of the world size long."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    bounds = [(a, a + (stop - a) // world_size * world_size) for a, stop in bounds]
+    return [(a, stop) for a, stop in bounds if stop > a]
 
 
 class DeviceLoader:
@@ -243,11 +261,7 @@ class DeviceLoader:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def _batch_bounds(self):
-        """[(start, stop)) of every global batch, each a multiple of the world size long."""
-        n, b, w = len(self.y), self.batch_size, self.world_size
-        bounds = [(i, min(i + b, n)) for i in range(0, n, b)]
-        bounds = [(a, a + (stop - a) // w * w) for a, stop in bounds]
-        return [(a, stop) for a, stop in bounds if stop > a]
+        return batch_bounds(len(self.y), self.batch_size, self.world_size)
 
     def __len__(self):
         return len(self._batch_bounds()) if self.train else math.ceil(len(self.y) / self.batch_size)
@@ -290,8 +304,17 @@ def eval_batch_size(args, device):
 
 
 def make_loaders(data, args, context, generator):
-    """Training and test loaders of ``data`` for this rank of ``context``."""
+    """Training and test loaders of ``data`` for this rank of ``context``: :class:`DeviceLoader`
+    for in-memory data, :class:`FolderLoader` for ImageFolder data."""
     device, rank, world = context.device, context.rank, context.world_size
+    if isinstance(data, FolderData):
+        train_t, test_t = folder_transforms(data.image_size)
+        common = dict(mean=data.mean, std=data.std, device=device, workers=args.workers,
+                      channels_last=args.channels_last, rank=rank, world_size=world)
+        return (FolderLoader(ImageFiles(data.train_paths, data.train_y, train_t), args.batch_size,
+                             train=True, generator=generator, **common),
+                FolderLoader(ImageFiles(data.test_paths, data.test_y, test_t),
+                             eval_batch_size(args, device), train=False, **common))
     train = DeviceLoader(data.train_x, data.train_y, args.batch_size, data.mean, data.std, device,
                          train=True, generator=generator, channels_last=args.channels_last,
                          rank=rank, world_size=world)
@@ -302,11 +325,205 @@ def make_loaders(data, args, context, generator):
 
 
 # ---------------------------------------------------------------------------------------------
+# ImageFolder datasets (the ImageNet layout DIR/train/<class>/*.jpg, DIR/val/<class>/*.jpg),
+# decoded and augmented by DataLoader workers, normalised on the training device.
+# ---------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+@dataclass
+class FolderData:
+    """An ImageFolder dataset: file paths and int64 labels of both splits (the images stay on disk)."""
+    name: str
+    classes: list
+    train_paths: list
+    train_y: torch.Tensor
+    test_paths: list
+    test_y: torch.Tensor
+    image_size: int
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    corrupted: torch.Tensor = None
+    channels = 3
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def keep_train(self, idx):
+        self.train_paths = [self.train_paths[i] for i in idx.tolist()]
+        self.train_y = self.train_y[idx]
+
+
+def scan_image_folder(root, classes=None):
+    """(classes, paths, labels) of ``root/<class>/<image>``, all sorted.  With ``classes`` (the
+    training set's, for val/) every folder must be one of them."""
+    if not os.path.isdir(root):
+        raise UserError(f'missing folder {root}: --data-dir must hold train/ and val/ with one '
+                        f'sub-folder of images per class')
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not found:
+        raise UserError(f'{root} holds no class folders (expected {root}/<class>/<image>)')
+    classes = classes or found
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise UserError(f'{os.path.join(root, unknown[0])} is not a class of the training set')
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for c in found:
+        files = sorted(e.path for e in os.scandir(os.path.join(root, c))
+                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise UserError(f'empty class folder {os.path.join(root, c)}: no {"/".join(IMAGE_EXTENSIONS)} files')
+        paths += files
+        labels += [index[c]] * len(files)
+    return classes, paths, torch.tensor(labels, dtype=torch.int64)
+
+
+def read_image_folder(root, image_size):
+    classes, train_paths, train_y = scan_image_folder(os.path.join(root, 'train'))
+    _, test_paths, test_y = scan_image_folder(os.path.join(root, 'val'), classes)
+    return FolderData('ImageNet', classes, train_paths, train_y, test_paths, test_y, image_size)
+
+
+def folder_transforms(size):
+    """The reference's ImageNet transforms at ``size`` (224: RandomResizedCrop(224) + flip for
+    training, Resize(256) + CenterCrop(224) for evaluation), ending in uint8 tensors: the loader
+    normalises on the device."""
+    from torchvision import transforms as T
+    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
+    test = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
+    return train, test
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files read with PIL and transformed; item i is ``(image, label, skipped)``.
+
+    A file that cannot be read or decoded does not end the run: the next readable file (in index
+    order, with its own label) takes its place, and ``skipped`` lists ``(index, reason)`` of every
+    file passed over, for the loader to report in the main process (it works with workers too).
+    """
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels.tolist(), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        skipped = []
+        for k in range(len(self.paths)):
+            j = (i + k) % len(self.paths)
+            try:
+                with Image.open(self.paths[j]) as image:
+                    return self.transform(image.convert('RGB')), self.labels[j], skipped
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                skipped.append((j, f'{type(e).__name__}: {e}'))
+        raise RuntimeError(f'no readable image among {len(self.paths)} files')
+
+
+def _collate(items):
+    images, labels, skipped = zip(*items)
+    return torch.stack(images), torch.tensor(labels), [s for group in skipped for s in group]
+
+
+class ShardedBatches:
+    """Batch sampler of :class:`FolderLoader`: the batches of :class:`DeviceLoader` (an epoch's order
+    drawn from ``generator``, global batches, each rank its contiguous share)."""
+
+    def __init__(self, n, batch_size, rank, world_size, generator):
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.generator = generator
+
+    def __len__(self):
+        return len(batch_bounds(self.n, self.batch_size, self.world_size))
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator)
+        for a, stop in batch_bounds(self.n, self.batch_size, self.world_size):
+            share = (stop - a) // self.world_size
+            yield order[a + self.rank * share:a + (self.rank + 1) * share].tolist()
+
+
+class FolderLoader:
+    """Mini-batches of an :class:`ImageFiles` split through a torch DataLoader with ``workers``
+    processes (persistent; pinned memory on CUDA), moved to ``device`` as uint8 (a quarter of the
+    bytes of float) and normalised there; iterates ``(x, y)`` on the device like DeviceLoader.
+
+    Training: each epoch draws the order (and the workers' seeds) from ``generator``, which every
+    rank holds in the same state, so saving it at an epoch boundary makes resumed runs take the
+    same batches; batches and rank shares as DeviceLoader.  Evaluation: each rank reads a
+    contiguous block, every image counted once.  ``skipped`` maps the index of every unreadable
+    file this rank met to the reason; each is reported once, by the rank that met it.
+    """
+
+    def __init__(self, dataset, batch_size, mean, std, device, *, train, generator=None, workers=0,
+                 channels_last=False, rank=0, world_size=1):
+        self.dataset, self.device, self.generator, self.rank = dataset, device, generator, rank
+        self.world_size = world_size
+        self.skipped = {}
+        if train:
+            split = dict(batch_sampler=ShardedBatches(len(dataset), batch_size, rank, world_size,
+                                                      generator), generator=generator)
+        else:
+            n = math.ceil(len(dataset) / world_size)
+            block = range(rank * n, min((rank + 1) * n, len(dataset)))
+            split = dict(dataset=torch.utils.data.Subset(dataset, block), batch_size=batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            **{'dataset': dataset, **split}, num_workers=workers, collate_fn=_collate,
+            pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y, skipped in self.loader:
+            for j, reason in skipped:
+                if j not in self.skipped:
+                    self.skipped[j] = reason
+                    tag = f'[rank {self.rank}] ' if self.world_size > 1 else ''
+                    print(f'warning: {tag}skipped unreadable image {self.dataset.paths[j]} ({reason})',
+                          file=sys.stderr, flush=True)
+            x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std
+            yield x.contiguous(memory_format=self.memory_format), y.to(self.device, non_blocking=True)
+
+
+def count_skipped(loaders, comm):
+    """Distinct unreadable files any rank skipped so far in ``loaders`` (one all-reduce of a mask
+    over the files; 0 without a collective for in-memory data)."""
+    datasets = {}
+    for loader in loaders:
+        if isinstance(loader, FolderLoader):
+            datasets.setdefault(id(loader.dataset), (loader.dataset, loader.device, set()))[2].update(loader.skipped)
+    if not datasets:
+        return 0
+    masks = []
+    for dataset, device, skipped in datasets.values():
+        masks.append(torch.zeros(len(dataset), device=device))
+        masks[-1][sorted(skipped)] = 1
+    return int(comm.all_reduce_(torch.cat(masks), 'sum').count_nonzero())
+
+
+# ---------------------------------------------------------------------------------------------
 # Models, snapshots, checkpoints.
 # ---------------------------------------------------------------------------------------------
 
-def build_model(args, data, device):
-    model = models.get_model(args.arch, num_classes=data.num_classes, in_channels=data.channels)
+def build_model(args, data, device, pretrained=None):
+    """``--arch`` for ``data`` on ``device``; ``pretrained``: True (torchvision's default weights,
+    from the local torch hub cache) or the path of a state_dict / checkpoint to start from."""
+    family = dataset_family(args.datasets)
+    model = models.get_model(args.arch, num_classes=data.num_classes, in_channels=data.channels,
+                             family=family)
+    if pretrained:
+        path, state = pretrained_weights(pretrained, args.arch, family)
+        check_state_dict(state, model, path)
+        model.load_state_dict(state)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -379,6 +596,37 @@ def strip_module_prefix(state_dict):
     return state_dict
 
 
+def weights_of(obj):
+    """The state_dict inside a loaded weights file: the file itself, or its ``state_dict`` (the
+    reference's checkpoints) or ``model`` (train_sgd.py's checkpoints) entry; ``module.`` dropped."""
+    if isinstance(obj, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    return strip_module_prefix(obj)
+
+
+def pretrained_weights(spec, arch, family):
+    """(path, state_dict) of ``--pretrained``: a file, or (``spec`` True) torchvision's default
+    weights of ``arch``, which must be in the local torch hub cache: nothing is downloaded."""
+    path = spec
+    if spec is True:
+        if family != 'imagenet':
+            raise UserError('--pretrained without a file means torchvision\'s ImageNet weights '
+                            '(--datasets ImageNet only); give --pretrained PATH for a weights file')
+        import torchvision
+        try:
+            url = torchvision.models.get_model_weights(arch).DEFAULT.url
+        except (ValueError, AttributeError, KeyError):
+            raise UserError(f'torchvision has no pretrained weights for {arch}') from None
+        path = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url))
+        if not os.path.isfile(path):
+            raise UserError(f'--pretrained: {path} is missing; download {url} and put it there '
+                            f'(nothing is downloaded automatically), or give --pretrained PATH')
+    return path, weights_of(load_file(path, 'weights file'))
+
+
 def snapshot_path(folder, i):
     return os.path.join(folder, f'{i}.pt')
 
@@ -436,18 +684,19 @@ class FlatSnapshot:
         return torch.cat(pieces) if pieces else torch.empty(0)
 
 
-def open_trajectory(folder, start, end, model):
-    """The snapshots ``start .. end-1`` of ``folder`` as lazily read flat vectors.
+def open_trajectory(folder, start, end, model, step=1):
+    """The snapshots ``start, start+step, .. < end`` of ``folder`` as lazily read flat vectors.
 
     Every file is checked (present, loadable, same shapes as ``model``) before any work starts.
     """
-    missing = [snapshot_path(folder, i) for i in range(start, end)
-               if not os.path.isfile(snapshot_path(folder, i))]
+    numbers = range(start, end, step)
+    missing = [snapshot_path(folder, i) for i in numbers if not os.path.isfile(snapshot_path(folder, i))]
     if missing:
         more = f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''
+        every = f', step {step}' if step > 1 else ''
         raise UserError(f'missing snapshot {missing[0]}{more}: the trajectory needs '
-                        f'{start}.pt .. {end - 1}.pt in {folder}')
-    return [FlatSnapshot(snapshot_path(folder, i), model) for i in range(start, end)]
+                        f'{start}.pt .. {numbers[-1]}.pt{every} in {folder}')
+    return [FlatSnapshot(snapshot_path(folder, i), model) for i in numbers]
 
 
 def prepare_save_dir(path):

@@ -1,8 +1,12 @@
 """Model registry: every architecture is reachable by its ``--arch`` name through :func:`get_model`.
 
-Each entry maps a name to a constructor ``ctor(num_classes=..., in_channels=...) -> nn.Module``
-for 32x32 inputs (CIFAR / MNIST padded to 32).  The table is the single source of truth:
-scripts, tests and the ``--help`` text all read it.
+Two families.  ``cifar`` (CIFAR, MNIST, synthetic): each entry of :data:`ARCHS` maps a name to a
+constructor ``ctor(num_classes=..., in_channels=...) -> nn.Module`` for 32x32 inputs.  ``imagenet``
+(ImageFolder data): torchvision's classification models by their torchvision name, randomly
+initialised (pretrained weights are loaded by ``utils.build_model``); torchvision is imported only
+when this family is asked for.  The table and torchvision's list are the single source of truth:
+scripts, tests and the ``--help`` text all read them.  Note ``resnet18`` exists in both families:
+the CIFAR variant (3x3 stem) and torchvision's.
 """
 from types import MappingProxyType
 
@@ -68,18 +72,29 @@ ARCHS = MappingProxyType({
 })
 
 
-def available_archs():
-    """Sorted list of every registered ``--arch`` name."""
+FAMILIES = ('cifar', 'imagenet')
+
+
+def available_archs(family='cifar'):
+    """Sorted list of every ``--arch`` name of ``family``."""
+    if family == 'imagenet':
+        import torchvision
+        return sorted(torchvision.models.list_models(module=torchvision.models))
+    if family != 'cifar':
+        raise ValueError(f'unknown model family {family!r}; valid: {", ".join(FAMILIES)}')
     return sorted(ARCHS)
 
 
-def get_model(arch, num_classes=10, in_channels=3):
-    """Build ``arch`` for ``num_classes`` classes and ``in_channels`` input channels.
-
-    Raises ``ValueError`` naming the valid choices for an unknown name.
+def get_model(arch, num_classes=10, in_channels=3, family='cifar'):
+    """Build ``arch`` of ``family`` for ``num_classes`` classes and ``in_channels`` input channels
+    (torchvision models take 3).  Raises ``ValueError`` naming the valid choices for an unknown name.
     """
-    try:
-        ctor = ARCHS[arch]
-    except KeyError:
-        raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(available_archs())}") from None
-    return ctor(num_classes=num_classes, in_channels=in_channels)
+    valid = available_archs(family)
+    if arch not in valid:
+        raise ValueError(f"unknown arch {arch!r}; valid names: {', '.join(valid)}")
+    if family == 'imagenet':
+        if in_channels != 3:
+            raise ValueError(f'torchvision models take 3 input channels, not {in_channels}')
+        import torchvision
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels)
