@@ -208,7 +208,7 @@ def test_bad_folders_one_line_error(tmp_path, capsys, damage, fragment):
 
 def test_arch_families():
     assert 'resnet50' in models.available_archs('imagenet') and 'resnet20' not in models.available_archs('imagenet')
-    assert models.get_model('resnet18', 10).stem[0][0].kernel_size == (3, 3)  # the CIFAR variant
+    assert models.get_model('resnet18', 10).conv1[0].kernel_size == (3, 3)  # the CIFAR variant
     assert models.get_model('resnet18', 10, family='imagenet').conv1.kernel_size == (7, 7)
     with pytest.raises(utils.UserError, match='unknown arch'):
         engine.finish_args(SimpleNamespace(half=False, datasets='ImageNet', arch='resnet20'))
