@@ -426,6 +426,8 @@ def plot_dims(opts):
         ax.set_xscale('log')
         ax.set_xticks(sorted(set(ds)), [str(d) for d in sorted(set(ds))])
         ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_xticks(sorted(set(ds)))
     spread = 'min–max' if opts.spread == 'minmax' else 'standard error'
     ax.set(xlabel='subspace dimension d (n_components)', ylabel='final test accuracy (%)',
            title=f'Final test accuracy vs subspace dimension: {setting(runs)}\n(mean over seeds, bars: {spread})')

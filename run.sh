@@ -8,6 +8,8 @@
 #   bash run.sh demo         the whole sequence on the offline synthetic dataset, on a CPU in a few
 #                            minutes, ending with a table of results
 #                            and figures (plot.py) in runs/demo
+#   bash run.sh sweep        the dimension sweep (sweep.py) at CI size on synthetic data: dldr, twa,
+#                            random, fastfood at d = 2, 4, 6 -> table and figure in runs/sweep
 #   DATA=/path/to/imagenet bash run.sh imagenet
 #                            ImageNet ResNet18 (ARCH=resnet50 for another torchvision model): SGD 90
 #                            epochs, a snapshot every 1000 iterations -> 120-D P-BFGS (4 epochs, 30
@@ -93,12 +95,27 @@ EOF
     python plot.py all "$dir" --out "$dir" |& tee -a runs/demo.log
 }
 
+sweep() {
+    # The dimension sweep at CI size: ResNet8 on 2,000 synthetic images, 6 SGD epochs (snapshots
+    # 0..6), then 2 epochs of P-SGD per (kind, d, seed) for dldr, twa, random and fastfood at
+    # d = 2, 4, 6 (dldr: d < 7; 2 seeds of the random kinds); a table with the threshold training
+    # dimension at 90% of SGD's accuracy, and the accuracy-vs-d figure.  runs/sweep is replaced.
+    local dir=runs/sweep common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
+    mkdir -p runs
+    rm -rf "$dir"
+    $py train_sgd.py $common --lr 0.1 --epochs 6 --save-dir $dir "$@" |& tee runs/sweep.log
+    $py sweep.py --save-dir $dir --kinds dldr twa random fastfood --dims 2 4 6 --seeds 1 2 \
+        -- $common --lr 1 --epochs 2 --lr-milestones 1 --params_start 0 --params_end 7 "$@" |& tee -a runs/sweep.log
+    python plot.py dims "$dir" --out "$dir" |& tee -a runs/sweep.log
+}
+
 case "$mode" in
     cifar10) cifar10 0 "$@" ;;
     labelnoise) cifar10 "${C:-0.2}" "$@" ;;
     cifar100) cifar100 "$@" ;;
     demo) demo "$@" ;;
+    sweep) sweep "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac
