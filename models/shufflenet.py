@@ -17,22 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .mobilenet import BasicConv2d
+
 GROUPS = 3
 
 
 def channel_shuffle(x, groups):
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
-class BasicConv2d(nn.Module):
-    def __init__(self, in_planes, planes, kernel_size, **kwargs):
-        super().__init__()
-        self.conv = nn.Conv2d(in_planes, planes, kernel_size, **kwargs)
-        self.bn = nn.BatchNorm2d(planes)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
 
 
 class DepthwiseConv2d(nn.Module):
