@@ -528,8 +528,8 @@ def update_bn(model, loader, batches, context, amp='off'):
 
 
 class RunRecord:
-    """The run's metrics JSON (args, per-epoch rows, summary), rewritten atomically each epoch by
-    global rank 0."""
+    """The run's metrics JSON (args, per-epoch rows, summary), rewritten atomically each epoch (by
+    rank 0 of the whole job)."""
 
     def __init__(self, path, args, context, loaders=(), **extra):
         self.path = path
@@ -778,8 +778,9 @@ def _spawned_rank(fn, rank, world_size, init_method, timeout, results, args):
     import traceback
     torch.set_num_threads(1)
     try:
-        dist.init_process_group('gloo', init_method=init_method, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout))
+        limit = datetime.timedelta(seconds=timeout)
+        dist.init_process_group('gloo', timeout=limit, init_method=init_method, rank=rank,
+                                world_size=world_size)
         context = Context(torch.device('cpu'), comm=DistComm())
         # plain pickle: tensors travel by value, not as shared memory of an exiting process
         results.put((rank, True, pickle.dumps(fn(context, *args))))
