@@ -639,9 +639,10 @@ class PBFGS(torch.optim.Optimizer):
         self._buffers = list(buffers)
         self.stats = dict.fromkeys(STAT_KEYS, 0)
         self._reset_curvature()
-        # Work space allocated once (a step allocates no n-vector but the gradient): the trial
-        # point with views shaped like the parameters, and two copies of the buffers (before the
-        # step, for a skipped step; after the gradient evaluation, restored after each trial).
+        # Work space allocated once (a step allocates three n-vectors: the flat gradient, w and
+        # the lifted direction; trials allocate none): the trial point with views shaped like the
+        # parameters, and two copies of the buffers (before the step, for a skipped step; after
+        # the gradient evaluation, restored after each trial).
         self._trial = torch.empty(n, dtype=torch.float32, device=self._params[0].device)
         self._trial_views = _views_like(self._params, self._trial)
         self._buffers_before = [b.detach().clone() for b in self._buffers]

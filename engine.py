@@ -457,9 +457,8 @@ def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, be
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
-            if before_step is not None:
-                scaler.unscale_(optimizer)
-                before_step()
+            if before_step is not None:  # on the scaled gradients (linear): every rank's scaler
+                before_step()            # then checks the same all-reduced gradient for inf
             scaler.step(optimizer)
             scaler.update()
         else:
@@ -676,24 +675,26 @@ def prepare_subspace_run(args, method):
         utils.refuse_overwrite([model_path, metrics_path], args)
     data = utils.load_data(args)
     model = utils.build_model(args, data, context.device)
-    if args.evaluate:  # the saved final model (not rewritten), BN re-estimated with --bn-update
+    generator = torch.Generator().manual_seed(args.randomseed)
+    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    # BatchNorm re-estimation reads the training data in its own order (the training order is
+    # untouched), through the training loader's data: no second copy, no second worker pool
+    bn_loader = train_loader.with_generator(torch.Generator()) if args.bn_update else None
+    if args.evaluate:  # the saved final model (not rewritten), BN re-estimated as after the last epoch
         utils.load_snapshot(model_path, model)
-        bn_loader, test_loader = utils.make_loaders(data, args, context, torch.Generator())
-        bn_loader.generator.manual_seed(args.randomseed)
-        update_bn(model, bn_loader, args.bn_update, context, args.amp)
-        scores = evaluate(model, test_loader, context, args.amp)
+        run = SimpleNamespace(model=model, context=context, test_loader=test_loader, bn_loader=bn_loader)
+        scores, _ = evaluate_subspace_model(run, args, args.epochs - 1)
         context.print(f'{model_path}: test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
                       + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
                       + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
                          if args.bn_update else ''))
         return None
     subspace, info = build_subspace(args, model, context)
-    generator = torch.Generator().manual_seed(args.randomseed)
-    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    if context.rank:  # dropout masks of its own (all ranks were seeded alike for the same init)
+        torch.manual_seed(args.randomseed + 1000 * context.rank)
     if args.train_start == 'mean':  # the averaged weights get their own BN statistics, as in TWA
-        loader = utils.make_loaders(data, args, context, torch.Generator().manual_seed(args.randomseed))[0]
+        loader = train_loader.with_generator(torch.Generator().manual_seed(args.randomseed))
         update_bn(model, loader, len(loader), context, args.amp)
-    bn_loader = utils.make_loaders(data, args, context, torch.Generator())[0] if args.bn_update else None
     record = RunRecord(metrics_path, args, context, (train_loader, test_loader, bn_loader),
                        method=method, basis=info, n_parameters=sum(p.numel() for p in model.parameters()),
                        n_train=len(data.train_y),

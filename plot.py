@@ -215,7 +215,8 @@ def trajectory_model(runs, state):
     num_classes = matrices[-1].shape[0] if matrices else num_classes
     in_channels = convs[0].shape[1] if convs else in_channels
     try:
-        return models.get_model(args.get('arch', 'resnet20'), num_classes, in_channels)
+        return models.get_model(args.get('arch', 'resnet20'), num_classes, in_channels,
+                                family=utils.dataset_family(dataset))
     except ValueError as e:
         raise utils.UserError(str(e)) from None
 

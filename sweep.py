@@ -144,7 +144,11 @@ def main(argv=None):
     sgd_metrics = os.path.join(folder, 'metrics_sgd.json')
     if not os.path.isfile(sgd_metrics):
         raise UserError(f'missing {sgd_metrics}: the sweep\'s target is relative to the SGD run')
-    sgd_acc = json.load(open(sgd_metrics))['final_test_acc']
+    with open(sgd_metrics) as f:
+        sgd_acc = json.load(f).get('final_test_acc')
+    if sgd_acc is None:
+        raise UserError(f'{sgd_metrics} has no final test accuracy (no finished epoch): the sweep\'s '
+                        f'target is relative to it')
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     results = []
     for i, (kind, d, seed, argv, path) in enumerate(runs):

@@ -18,6 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import engine
+import models
 import utils
 
 # Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
@@ -175,6 +176,7 @@ def main(argv=None):
             utils.save_tensors(model.state_dict(), utils.snapshot_path(args.save_dir, len(snapshots)))
         snapshots.append({'snapshot': len(snapshots), 'epoch': epoch, 'step': step, 'iteration': iteration})
 
+    context.barrier()  # every rank has checked the save-dir before rank 0 writes into it
     if context.is_main:
         for path in earlier:  # --overwrite: only now that the new run is set up
             os.remove(path)
@@ -188,16 +190,17 @@ def main(argv=None):
         snapshot(0, 0, 0)
     # Data parallel: gradients all-reduced by DDP; BatchNorm buffers broadcast from rank 0 at every
     # forward (DDP's default), so rank 0's statistics are the run's.
-    net = (DistributedDataParallel(model, device_ids=[context.device] if context.device.type == 'cuda'
-                                   else None) if context.world_size > 1 else model)
-    if context.rank:
-        torch.manual_seed(args.randomseed + 1000 * context.rank + args.start_epoch)  # own dropout masks
+    net = model if context.world_size == 1 else DistributedDataParallel(
+        model, device_ids=[context.device] if context.device.type == 'cuda' else None,
+        find_unused_parameters=args.arch in models.SOME_PARAMETERS_WITHOUT_GRADIENT)
 
     run_start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
         base, steps = snapshots[-1]['iteration'], len(train_loader)
+        if context.rank:  # dropout masks of its own, the same after a resume (rank 0: the saved RNG)
+            torch.manual_seed(args.randomseed + 1000 * context.rank + epoch)
 
         def after_step(i):  # mid-epoch snapshots; one with non-finite weights is not written
             if (base + i + 1) % args.snapshot_every == 0 and i + 1 < steps and torch.stack(

@@ -5,6 +5,7 @@ The method itself (basis, projection, P-BFGS) lives in ``dldr.py``, the run plum
 process group, loops) in ``engine.py``.  Nothing here keeps module-level mutable state.
 """
 import contextlib
+import copy
 import json
 import math
 import os
@@ -263,6 +264,12 @@ class DeviceLoader:
     def _batch_bounds(self):
         return batch_bounds(len(self.y), self.batch_size, self.world_size)
 
+    def with_generator(self, generator):
+        """The same training batches in another random order: shares the images on the device."""
+        other = copy.copy(self)
+        other.generator = generator
+        return other
+
     def __len__(self):
         return len(self._batch_bounds()) if self.train else math.ceil(len(self.y) / self.batch_size)
 
@@ -465,9 +472,14 @@ class FolderLoader:
         self.dataset, self.device, self.generator, self.rank = dataset, device, generator, rank
         self.world_size = world_size
         self.skipped = {}
+        self._config = dict(batch_size=batch_size, mean=mean, std=std, device=device,
+                            channels_last=channels_last, rank=rank, world_size=world_size)
         if train:
+            # the workers' seeds come from a generator of their own: ``generator`` draws only the
+            # epochs' orders, so a resumed run (a new worker pool) takes the same batches
+            workers_seed = torch.Generator().manual_seed(generator.initial_seed() * 1009 + rank)
             split = dict(batch_sampler=ShardedBatches(len(dataset), batch_size, rank, world_size,
-                                                      generator), generator=generator)
+                                                      generator), generator=workers_seed)
         else:
             n = math.ceil(len(dataset) / world_size)
             block = range(rank * n, min((rank + 1) * n, len(dataset)))
@@ -478,6 +490,11 @@ class FolderLoader:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+
+    def with_generator(self, generator):
+        """The same training files in another random order, read in this process (no worker
+        pool: BatchNorm re-estimation reads a few batches); skipped files count once with ours."""
+        return FolderLoader(self.dataset, **self._config, train=True, generator=generator)
 
     def __len__(self):
         return len(self.loader)

@@ -74,6 +74,11 @@ ARCHS = MappingProxyType({
 
 FAMILIES = ('cifar', 'imagenet')
 
+SOME_PARAMETERS_WITHOUT_GRADIENT = frozenset(
+    ['nasnet', 'attention56', 'attention92',  # layers the reference builds but never uses
+     'stochasticdepth18', 'stochasticdepth34', 'stochasticdepth50', 'stochasticdepth101'])  # skipped blocks
+"""Archs of which a training step can leave parameters without a gradient (DDP must look for them)."""
+
 
 def available_archs(family='cifar'):
     """Sorted list of every ``--arch`` name of ``family``."""

@@ -144,6 +144,13 @@ UNUSED = {
 }
 
 
+def test_ddp_looks_for_unused_parameters_of_these_archs():
+    # train_sgd.py asks DDP to find parameters without a gradient for these (else it fails at step 2)
+    import models
+    stochastic = {a for a in available_archs() if a.startswith('stochasticdepth')}
+    assert models.SOME_PARAMETERS_WITHOUT_GRADIENT == set(UNUSED) | stochastic
+
+
 @pytest.mark.parametrize('arch', available_archs())
 def test_forward_backward(arch):
     torch.manual_seed(0)
