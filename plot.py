@@ -116,6 +116,16 @@ def run_label(run, folder_prefix=False):
     return f'{os.path.basename(os.path.normpath(run["folder"]))}: {label}' if folder_prefix else label
 
 
+def start_text(run):
+    """', from snapshot K' (a burn-in subspace) or ', from their mean' where training did not start
+    where the kind starts by default (the range's first snapshot; the mean for twa)."""
+    start = (run.get('basis') or {}).get('start')
+    first = snapshot_range(run)[0]
+    if start is None or start == ('mean' if kind(run) == 'twa' else first):
+        return ''
+    return ', from their mean' if start == 'mean' else f', from snapshot {start}'
+
+
 def column(run, key, fallback=None):
     """The per-epoch values of ``key`` (NaN where absent or null)."""
     rows = run['epochs']
@@ -186,7 +196,7 @@ def dims_groups(runs, spread='minmax'):
             continue
         start, end = snapshot_range(run)
         name = METHOD_NAMES.get(run['method'], run['method'])
-        label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1})'
+        label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1}{start_text(run)})'
         acc[label][int(dim(run))].append(float(run['final_test_acc']))
     groups = {}
     for label, by_d in acc.items():
