@@ -1018,7 +1018,7 @@ class Report:
     def table(self):
         head = ['metric', 'ours', 'baseline', 'ratio', 'target', 'ok?']
         body = [[r['metric'], self._fmt(r['ours'], r['unit']), self._fmt(r['baseline'], r['unit']),
-                 '-' if r['ratio'] is None else f'{r["ratio"]:.3f}', r['target'], r['ok']]
+                 '-' if r['ratio'] is None else f'{r["ratio"]:.3g}' if r['ratio'] < 0.01 else f'{r["ratio"]:.3f}', r['target'], r['ok']]
                 for r in self.rows]
         lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * len(head)) + '|']
         lines += ['| ' + ' | '.join(row) + ' |' for row in body]
