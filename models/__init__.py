@@ -101,5 +101,7 @@ def get_model(arch, num_classes=10, in_channels=3, family='cifar'):
         if in_channels != 3:
             raise ValueError(f'torchvision models take 3 input channels, not {in_channels}')
         import torchvision
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        # (no auxiliary classifiers: their train-mode tuple outputs fit no loop here)
+        extra = {'aux_logits': False, 'init_weights': True} if arch in ('googlenet', 'inception_v3') else {}
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
     return ARCHS[arch](num_classes=num_classes, in_channels=in_channels)

@@ -210,6 +210,9 @@ def test_arch_families():
     assert 'resnet50' in models.available_archs('imagenet') and 'resnet20' not in models.available_archs('imagenet')
     assert models.get_model('resnet18', 10).conv1[0].kernel_size == (3, 3)  # the CIFAR variant
     assert models.get_model('resnet18', 10, family='imagenet').conv1.kernel_size == (7, 7)
+    for arch in ('googlenet', 'inception_v3'):  # one output in train mode, as the loops expect
+        with torch.device('meta'):
+            assert not models.get_model(arch, 10, family='imagenet').aux_logits
     with pytest.raises(utils.UserError, match='unknown arch'):
         engine.finish_args(SimpleNamespace(half=False, datasets='ImageNet', arch='resnet20'))
 
