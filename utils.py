@@ -219,11 +219,28 @@ def load_data(args):
     return data
 
 
-def batch_bounds(n, batch_size, world_size):
-    """[(start, stop)) of every global batch of an epoch, each a multiple of the world size long."""
-    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    bounds = [(a, a + (stop - a) // world_size * world_size) for a, stop in bounds]
-    return [(a, stop) for a, stop in bounds if stop > a]
+def rank_shares(n, batch_size, rank, world_size):
+    """[(i, j)) into an epoch's order of ``rank``'s contiguous share of every global batch of
+    ``batch_size``; a short last batch is cut to a multiple of the world size (dropped if empty)."""
+    shares = []
+    for a in range(0, n, batch_size):
+        share = (min(a + batch_size, n) - a) // world_size
+        if share:
+            shares.append((a + rank * share, a + (rank + 1) * share))
+    return shares
+
+
+class Normalise:
+    """uint8 images -> float, (x - mean) / std per channel, in ``channels_last`` if asked; on the
+    training device."""
+
+    def __init__(self, mean, std, device, channels_last=False):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x):
+        return ((x.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
 class DeviceLoader:
@@ -257,12 +274,7 @@ class DeviceLoader:
         self.train = train
         self.generator = generator
         self.rank, self.world_size = (rank, world_size) if train else (0, 1)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
-
-    def _batch_bounds(self):
-        return batch_bounds(len(self.y), self.batch_size, self.world_size)
+        self._normalise = Normalise(mean, std, device, channels_last)
 
     def with_generator(self, generator):
         """The same training batches in another random order: shares the images on the device."""
@@ -271,11 +283,9 @@ class DeviceLoader:
         return other
 
     def __len__(self):
-        return len(self._batch_bounds()) if self.train else math.ceil(len(self.y) / self.batch_size)
-
-    def _normalise(self, x):
-        x = (x.float() - self.mean) / self.std
-        return x.contiguous(memory_format=self.memory_format)
+        if self.train:
+            return len(rank_shares(len(self.y), self.batch_size, self.rank, self.world_size))
+        return math.ceil(len(self.y) / self.batch_size)
 
     def __iter__(self):
         n = len(self.y)
@@ -289,9 +299,7 @@ class DeviceLoader:
         flips = torch.rand(n, generator=g).lt(0.5).to(self.device, non_blocking=True)
         size = self.x.shape[-1]
         ar = torch.arange(size, device=self.device)
-        for a, stop in self._batch_bounds():
-            share = (stop - a) // self.world_size
-            i, j = a + self.rank * share, a + (self.rank + 1) * share
+        for i, j in rank_shares(n, self.batch_size, self.rank, self.world_size):
             idx, sh, fl = order[i:j], shifts[i:j], flips[i:j]
             x = F.pad(self.x[idx], (4, 4, 4, 4))
             rows = (sh[:, 0:1] + ar).view(-1, 1, size, 1)
@@ -446,13 +454,12 @@ class ShardedBatches:
         self.generator = generator
 
     def __len__(self):
-        return len(batch_bounds(self.n, self.batch_size, self.world_size))
+        return len(rank_shares(self.n, self.batch_size, self.rank, self.world_size))
 
     def __iter__(self):
         order = torch.randperm(self.n, generator=self.generator)
-        for a, stop in batch_bounds(self.n, self.batch_size, self.world_size):
-            share = (stop - a) // self.world_size
-            yield order[a + self.rank * share:a + (self.rank + 1) * share].tolist()
+        for i, j in rank_shares(self.n, self.batch_size, self.rank, self.world_size):
+            yield order[i:j].tolist()
 
 
 class FolderLoader:
@@ -487,9 +494,7 @@ class FolderLoader:
         self.loader = torch.utils.data.DataLoader(
             **{'dataset': dataset, **split}, num_workers=workers, collate_fn=_collate,
             pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
+        self._normalise = Normalise(mean, std, device, channels_last)
 
     def with_generator(self, generator):
         """The same training files in another random order, read in this process (no worker
@@ -507,8 +512,8 @@ class FolderLoader:
                     tag = f'[rank {self.rank}] ' if self.world_size > 1 else ''
                     print(f'warning: {tag}skipped unreadable image {self.dataset.paths[j]} ({reason})',
                           file=sys.stderr, flush=True)
-            x = (x.to(self.device, non_blocking=True).float() - self.mean) / self.std
-            yield x.contiguous(memory_format=self.memory_format), y.to(self.device, non_blocking=True)
+            yield (self._normalise(x.to(self.device, non_blocking=True)),
+                   y.to(self.device, non_blocking=True))
 
 
 def count_skipped(loaders, comm):
