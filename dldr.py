@@ -9,7 +9,8 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   directions of the centred snapshots, computed by streaming over chunks of coordinates.
 * Other subspaces, for comparison: :func:`twa_basis` (Trainable Weight Averaging: the span of
   the raw snapshots), :func:`random_basis` (a seeded random subspace), :class:`FastfoodSubspace`
-  (a structured random map, O(n) memory).
+  (a structured random map, O(n) memory), :class:`RedrawnSubspace` (a new random basis every
+  step).
 * :class:`Subspace`: the one interface every subspace kind offers — ``coords`` (g -> P g),
   ``lift`` (c -> P^T c), ``dim``, ``n``.  :class:`DenseSubspace` holds an explicit P (DLDR, TWA,
   random).  P-SGD (:func:`project_grads_`, then ``torch.optim.SGD``) and P-BFGS never know
@@ -22,6 +23,7 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   default :data:`LOCAL` is a single process (no communication); ``engine.DistComm`` implements it
   with ``torch.distributed``.
 """
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -530,6 +532,46 @@ class FastfoodSubspace(Subspace):
         y[:self.n] = g
         y = fwht(fwht(y).mul_(self.G)[self.Pi_inverse])
         return y[:self.dim].mul_(self.B[:self.dim]).mul_(self.scale)
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of draw number ``draw`` of a stream seeded by ``seed``: a hash of the pair, so
+    nearby pairs give unrelated streams (``seed + draw`` would make stream s at draw k the same
+    as stream s+1 at draw k-1)."""
+    digest = hashlib.blake2b(f'{seed},{draw}'.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, 'little') >> 1  # a non-negative int64
+
+
+class RedrawnSubspace(Subspace):
+    """A fresh random subspace for every step (Gressmann et al. 2020, "random bases descent"): each
+    call of :meth:`coords` draws the next basis, ``make(seed)``, and :meth:`lift` uses the basis of
+    the latest :meth:`coords` — so one P-SGD step (coords of the gradient, lift of the update)
+    happens in one basis, and the next step in another.  Draw k uses seed ``draw_seed(seed, k)``:
+    every rank, making the same calls, draws the same bases.
+
+    The iterates are not confined to one subspace (that is the point), so P-BFGS, whose curvature
+    pairs live in one fixed coordinate system, cannot use it.
+
+    Args:
+        make: ``seed -> Subspace`` of dimension ``dim`` in R^n (e.g. a :class:`FastfoodSubspace`:
+            O(n log n) per draw, where a dense Gaussian d x n basis costs d·n random numbers).
+        dim, n: the dimensions of what ``make`` returns.
+        seed: the seed of the stream of bases.
+    """
+
+    def __init__(self, make, dim: int, n: int, seed: int):
+        self.make, self.dim, self.n, self.seed = make, dim, n, seed
+        self.draws, self.current = 0, None
+
+    def coords(self, g: Tensor) -> Tensor:
+        self.current = self.make(draw_seed(self.seed, self.draws))
+        self.draws += 1
+        return self.current.coords(g)
+
+    def lift(self, c: Tensor) -> Tensor:
+        if self.current is None:
+            raise RuntimeError('lift before the first coords: no basis has been drawn yet')
+        return self.current.lift(c)
 
 
 def as_subspace(basis) -> Subspace:

@@ -104,7 +104,8 @@ def make_parser(description, *, epochs, lr, lr_help):
            'on the training device')
     a('--epochs', default=epochs, type=nonnegative_int, metavar='N', help='number of epochs to run')
     a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
-      help='epoch number to start counting from (set automatically by --resume)')
+      help='train_sgd.py with --resume: the epoch to continue from (taken from the checkpoint, '
+           'which overrides it); without --resume only 0 is accepted')
     a('-b', '--batch-size', '--batch_size', default=128, type=positive_int, metavar='N',
       help='mini-batch size: the global batch, split evenly over the ranks under torchrun')
     a('--eval-batch-size', '--eval_batch_size', default=None, type=positive_int, metavar='N',
@@ -119,7 +120,7 @@ def make_parser(description, *, epochs, lr, lr_help):
            'on a terminal a progress bar is shown instead')
     a('--resume', default='', metavar='PATH',
       help="train_sgd.py: resume from a full checkpoint of train_sgd.py ('auto': "
-           "<save-dir>/checkpoint.pt): weights, BN buffers, optimizer, scheduler, RNG states, "
+           "<save-dir>/checkpoint.pt, or a new run when there is none yet): weights, BN buffers, optimizer, scheduler, RNG states, "
            "epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
            "reference's checkpoint_*.th / model.th: a dict with 'state_dict', 'module.' keys): only "
            "the weights and BN buffers are restored from it, not optimizer, scheduler or epoch")
@@ -158,8 +159,8 @@ def make_parser(description, *, epochs, lr, lr_help):
     return p
 
 
-SUBSPACE_KINDS = ('dldr', 'twa', 'random', 'fastfood')
-SEEDED_KINDS = ('random', 'fastfood')
+SUBSPACE_KINDS = ('dldr', 'twa', 'random', 'fastfood', 'redrawn')
+SEEDED_KINDS = ('random', 'fastfood', 'redrawn')
 
 
 def _train_start(text):
@@ -184,9 +185,10 @@ def add_subspace_args(p, *, params_end=51):
       help='dldr: top-d principal directions of the centred snapshots (the paper); twa: '
            'orthonormal basis of the raw snapshots in order (Trainable Weight Averaging; starts '
            'at their mean); random: a seeded random subspace; fastfood: a seeded structured '
-           'random map (Le et al. 2013, O(n) memory)')
+           'random map (Le et al. 2013, O(n) memory); redrawn: a new Fastfood random subspace '
+           'at every step (Gressmann et al. 2020; P-SGD only)')
     a('--subspace-seed', '--subspace_seed', default=None, type=int, metavar='S',
-      help='seed of the random and fastfood subspaces (default: --randomseed)')
+      help='seed of the random, fastfood and redrawn subspaces (default: --randomseed)')
     a('--train-start', '--train_start', default=None, type=_train_start, metavar='K|mean',
       help='where training starts: snapshot K, or mean: the mean of snapshots params_start .. '
            'params_end-1 with BatchNorm statistics re-estimated on the training set (default: '
@@ -215,6 +217,11 @@ def finish_args(args):
     """Checks no single ``type=`` can make, and the ``--half`` alias."""
     if args.half:
         args.amp = 'fp16'
+    if args.start_epoch and not args.resume:
+        # a fresh run numbers its snapshots from the initialisation (0.pt) and its schedule from
+        # epoch 0: a run that "starts at N" has neither; the checkpoint carries both
+        raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '
+                        f'checkpoint of train_sgd.py, whose epoch it then takes')
     if args.datasets not in utils.DATASET_NAMES:
         raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
     family = utils.dataset_family(args.datasets)
@@ -631,8 +638,11 @@ def build_subspace(args, model, context):
         elif kind == 'random':
             subspace = dldr.DenseSubspace(dldr.random_basis(d, n, args.subspace_seed, device=context.device,
                                                             max_bytes=memory, comm=comm))
-        else:
+        elif kind == 'fastfood':
             subspace = dldr.FastfoodSubspace(d, n, args.subspace_seed, context.device)
+        else:
+            subspace = dldr.RedrawnSubspace(lambda seed: dldr.FastfoodSubspace(d, n, seed, context.device),
+                                            d, n, args.subspace_seed)
     except ValueError as e:
         raise UserError(f'{"" if kind == "dldr" else kind + " "}basis of {folder}/{args.params_start}..'
                         f'{args.params_end - 1}.pt: {e}') from None

@@ -53,6 +53,9 @@ def main(argv=None):
     if args.amp == 'fp16':
         raise engine.UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
                                '--amp bf16 or off (not fp16 / --half)')
+    if args.subspace == 'redrawn':
+        raise engine.UserError('--subspace redrawn changes the basis at every step; P-BFGS keeps '
+                               'curvature in one fixed basis: use train_psgd.py for it')
     run = engine.prepare_subspace_run(args, 'pbfgs')
     if run is None:
         return

@@ -80,6 +80,10 @@ def main(argv=None):
     ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
 
     checkpoint, earlier, eval_weights = None, [], None
+    if args.resume == 'auto' and not os.path.isfile(ckpt_path) and not args.evaluate:
+        # what a resumable job script runs every time: the first time there is nothing to resume
+        context.print(f'--resume auto: no {ckpt_path} yet; starting a new run')
+        args.resume = ''
     if args.resume:
         checkpoint = utils.load_file(resume_path(args), 'checkpoint')
         if args.evaluate and not (isinstance(checkpoint, dict) and CHECKPOINT_KEYS <= checkpoint.keys()):

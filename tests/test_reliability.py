@@ -336,6 +336,19 @@ def test_psgd_rerun_needs_overwrite(cli, trajectory):
     assert json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['args']['overwrite']
 
 
+def test_resume_auto_without_a_checkpoint_starts_the_same_run(cli, trajectory, tmp_path):
+    """A job script that always passes --resume auto: the first time it is a fresh run, bit for
+    bit the run without the flag; a second call continues it (nothing left: same files)."""
+    out = cli.ok('train_sgd', *SGD_ARGS, '--resume', 'auto', '--save-dir', tmp_path)
+    assert 'starting a new run' in out
+    for name in ('0.pt', '1.pt', '2.pt'):
+        assert_identical(load(tmp_path / name), load(trajectory / name), name)
+    first = file_state(tmp_path)
+    cli.ok('train_sgd', *SGD_ARGS, '--resume', 'auto', '--save-dir', tmp_path)
+    assert {k: v for k, v in file_state(tmp_path).items() if not k.endswith('.json')} == \
+        {k: v for k, v in first.items() if not k.endswith('.json')}
+
+
 def test_sgd_lr_milestones(cli, tmp_path):
     cli.ok('train_sgd', *SGD_ARGS, '--lr-milestones', '1', '--save-dir', tmp_path)
     rows = json.loads((tmp_path / 'metrics_sgd.json').read_text())['epochs']
@@ -398,6 +411,7 @@ TRAJECTORY_ERRORS = {
     'unknown arch': (None, ['--arch', 'resnet9000'], ['unknown arch', 'resnet9000']),
     'unknown dataset': (None, ['--datasets', 'imagenet'], ['unknown dataset', 'imagenet']),
     'pretrain-dir missing': (None, ['--pretrain-dir', '/nonexistent/dir'], ['missing snapshot']),
+    'start-epoch': (None, ['--start-epoch', '2'], ['--start-epoch']),
 }
 
 
@@ -425,6 +439,7 @@ SGD_ERRORS = {
     'resume missing': (['--resume', '/nonexistent/checkpoint.pt'], ['missing checkpoint']),
     'not a number': (['--lr', 'fast'], ['--lr']),
     'no such device': (['--device', 'cuda:999'], ['--device cuda:999']),
+    'start-epoch without resume': (['--start-epoch', '1'], ['--start-epoch 1', '--resume']),
 }
 
 

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,9 +134,18 @@ def test_sharded_bases_equal_the_single_process_ones():
 
 # ---------------------------------------------------------------------------------- Fastfood
 
+def sylvester_hadamard(n):
+    """The n x n Hadamard matrix of Sylvester's construction, as Kronecker powers of [[1, 1],
+    [1, -1]] (the definition, independent of the butterfly in dldr.fwht)."""
+    H = np.ones((1, 1))
+    while H.shape[0] < n:
+        H = np.kron(np.array([[1.0, 1.0], [1.0, -1.0]]), H)
+    return H
+
+
 def test_fwht_is_the_sylvester_hadamard_matrix():
     x = torch.randn(3, 32, dtype=F64)
-    np.testing.assert_allclose(dldr.fwht(x).numpy(), x.numpy() @ scipy.linalg.hadamard(32).T, atol=1e-12)
+    np.testing.assert_allclose(dldr.fwht(x).numpy(), x.numpy() @ sylvester_hadamard(32).T, atol=1e-12)
     with pytest.raises(ValueError, match='power-of-two'):
         dldr.fwht(torch.ones(12))
 
@@ -149,7 +157,7 @@ def test_fastfood_equals_the_explicit_matrix_and_coords_is_its_adjoint(d, n):
     # independent construction: scale * S_n H G Π H B E_d from the drawn B, Π, G
     L = ff.length
     assert L >= n and L & (L - 1) == 0 and L < 2 * max(n, 1)
-    H = scipy.linalg.hadamard(L)
+    H = sylvester_hadamard(L)
     B, G, Pi = ff.B.double().numpy(), ff.G.double().numpy(), ff.Pi.numpy()
     assert set(np.abs(B)) == {1.0} and sorted(Pi) == list(range(L))
     scale = 1 / np.sqrt(n * np.sum(G ** 2))
@@ -222,6 +230,39 @@ def test_psgd_iterates_stay_in_start_plus_span(kind):
     coeffs = torch.linalg.lstsq(M, delta[:, None]).solution
     assert delta.norm() > 1e-3  # it moved
     assert (delta - (M @ coeffs)[:, 0]).abs().max() < 1e-5
+
+
+def test_redrawn_psgd_steps_in_a_new_fastfood_basis_each_time():
+    """Step k of P-SGD (plain SGD, lr 0.1) in a redrawn subspace is w -= 0.1 M_k M_k^T g with M_k
+    the Fastfood matrix of seed draw_seed(seed, k), built here column by column."""
+    model = small_model()
+    params = dldr.trainable_params(model)
+    n, d = sum(p.numel() for p in params), 5
+    redrawn = dldr.RedrawnSubspace(lambda s: dldr.FastfoodSubspace(d, n, s), d, n, seed=3)
+    with pytest.raises(RuntimeError, match='before the first coords'):
+        redrawn.lift(torch.zeros(d))
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    w0 = dldr.flat_params(params).double()
+    moves = []
+    for k in range(3):
+        x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grad, before = dldr.flat_grad(params).double(), dldr.flat_params(params).double()
+        dldr.project_grads_(params, redrawn)
+        optimizer.step()
+        ff = dldr.FastfoodSubspace(d, n, dldr.draw_seed(3, k))
+        M = torch.stack([ff.lift(e) for e in torch.eye(d)], dim=1).double()
+        expected = before - 0.1 * M @ (M.T @ grad)
+        torch.testing.assert_close(dldr.flat_params(params).double(), expected, atol=1e-6, rtol=0)
+        moves.append(M)
+    assert redrawn.draws == 3
+    # the three bases differ, and together the steps leave the span of the first one
+    delta = dldr.flat_params(params).double() - w0
+    coeffs = torch.linalg.lstsq(moves[0], delta[:, None]).solution
+    assert (delta - (moves[0] @ coeffs)[:, 0]).norm() > 0.1 * delta.norm()
+    assert len({dldr.draw_seed(3, k) for k in range(100)} | {dldr.draw_seed(4, k) for k in range(100)}) == 200
 
 
 # ----------------------------------------------------------------------------------- the CLI
