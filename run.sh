@@ -10,6 +10,25 @@
 #                            and figures (plot.py) in runs/demo
 #   bash run.sh sweep        the dimension sweep (sweep.py) at CI size on synthetic data: dldr, twa,
 #                            random, fastfood at d = 2, 4, 6 -> table and figure in runs/sweep
+#   DATA=/path/to/cifar bash run.sh resnet8
+#                            the paper's ResNet8 / CIFAR-10 table: SGD 30 epochs (seeds 1 2), P-SGD
+#                            in 15 D from the first 30 epochs, P-SGD in random subspaces of 10% of n
+#                            (fixed dense, re-drawn every step, Fastfood) -> table beside the
+#                            paper's (tables.py) and figures in runs/resnet8
+#   DATA=/path/to/cifar bash run.sh pbfgs-batch
+#                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024
+#   DATA=/path/to/cifar bash run.sh noise
+#                            label noise 20% and 40% (ResNet8, 20k images): SGD long enough to fit
+#                            the wrong labels, P-BFGS / P-SGD from the snapshots before the decay
+#                            -> table and noise figure in runs/noise
+#                            These three: SIZE=ci runs the same sequence on synthetic data in
+#                            minutes (CI does); a finished step is skipped and SGD resumes
+#                            (--resume auto), so an interrupted recipe continues where it stopped;
+#                            SEEDS="1 2 3" (resnet8) / LEVELS="0.2 0.4" (noise) choose the trials.
+#   DATA=/path/to/cifar bash run.sh gpu-check
+#                            the first command on a machine with a GPU: the CUDA tests, bench on
+#                            CUDA, a short ResNet20 sequence with AMP and channels_last, torchrun
+#                            with nccl; under 8 minutes on one GPU (not part of CI)
 #   DATA=/path/to/imagenet bash run.sh imagenet
 #                            ImageNet ResNet18 (ARCH=resnet50 for another torchvision model): SGD 90
 #                            epochs, a snapshot every 1000 iterations -> 120-D P-BFGS (4 epochs, 30
@@ -109,13 +128,140 @@ sweep() {
     python plot.py dims "$dir" --out "$dir" |& tee -a runs/sweep.log
 }
 
+finished() {  # $1: a metrics JSON; true when its run has finished
+    python -c 'import sys, sweep; sys.exit(sweep.finished(sys.argv[1]) is None)' "$1"
+}
+
+once() {  # $1: the run's metrics JSON, $2: its log, then the command: skipped when $1 has finished
+    local metrics=$1 log=$2
+    shift 2
+    if finished "$metrics"; then echo "done already: $metrics"; return; fi
+    local again=()
+    [ -e "$metrics" ] && again=(--overwrite)  # an interrupted subspace run starts again
+    $py "$@" "${again[@]}" |& tee -a "$log"
+}
+
+sgd_once() {  # $1: save-dir, $2: log, then train_sgd.py's flags: resumes an interrupted run
+    local dir=$1 log=$2
+    shift 2
+    if finished "$dir/metrics_sgd.json"; then echo "done already: $dir/metrics_sgd.json"; return; fi
+    $py train_sgd.py --save-dir "$dir" --resume auto "$@" |& tee -a "$log"
+}
+
+resnet8() {
+    # Full: CIFAR-10 (50k/10k) from $DATA; SGD lr 0.1, batch 128, momentum 0.9, wd 1e-4, 30 epochs
+    # (x0.1 after 15 and 25) per seed; P-SGD 5 epochs (lr 1, x0.1 after 3 and 4) in the 15-D DLDR
+    # subspace of snapshots 0..30 of each seed, and in random / re-drawn / Fastfood subspaces of
+    # d = 7,529 (10% of n = 75,290) from snapshot 0 of the first seed.
+    local dir common seeds=${SEEDS:-1 2} e m pe pm end d rd
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=runs/resnet8_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
+        e=6 m="3 5" pe=2 pm=1 end=7 d=5 rd=750
+    else
+        dir=runs/resnet8 common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100"
+        e=30 m="15 25" pe=5 pm="3 4" end=31 d=15 rd=7529
+    fi
+    mkdir -p "$dir"
+    for s in $seeds; do
+        sgd_once "$dir/sgd_s$s" "$dir/log" $common --lr 0.1 --epochs $e --lr-milestones $m --randomseed "$s" "$@"
+    done
+    local sub="$common --lr 1 --epochs $pe --lr-milestones $pm --params_start 0 --params_end $end"
+    for s in $seeds; do
+        once "$dir/sgd_s$s/metrics_psgd_d${d}_0-$end.json" "$dir/log" train_psgd.py $sub --n_components $d \
+            --randomseed "$s" --save-dir "$dir/sgd_s$s" "$@"
+    done
+    local first=${seeds%% *}
+    for kind in redrawn fastfood random; do
+        once "$dir/sgd_s$first/metrics_psgd_${kind}_s1_d${rd}_0-$end.json" "$dir/log" train_psgd.py $sub \
+            --subspace $kind --subspace-seed 1 --n_components $rd --randomseed "$first" \
+            --save-dir "$dir/sgd_s$first" "$@"
+    done
+    python tables.py resnet8 "$dir"
+    python plot.py curves "$dir/sgd_s$first" --out "$dir" |& tee -a "$dir/log"
+    python plot.py spectrum "$dir"/sgd_s* --out "$dir" |& tee -a "$dir/log"
+}
+
+pbfgs_batch() {
+    # P-BFGS (paper Algorithm 2) in resnet8's 15-D DLDR subspace (snapshots 0..30 of seed 1) at
+    # batch 128, 256 and 1024, the same number of epochs each, each in its own folder.
+    local dir common e end d
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=runs/resnet8_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0" e=1 end=7 d=5
+    else
+        dir=runs/resnet8 common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100" e=3 end=31 d=15
+    fi
+    if [ ! -f "$dir/sgd_s1/$((end - 1)).pt" ]; then
+        echo "error: no trajectory in $dir/sgd_s1: run 'bash run.sh resnet8' first" >&2
+        exit 2
+    fi
+    for b in 128 256 1024; do
+        once "$dir/sgd_s1/pbfgs_b$b/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $common \
+            --epochs $e --batch-size $b --params_start 0 --params_end $end --n_components $d \
+            --pretrain-dir "$dir/sgd_s1" --save-dir "$dir/sgd_s1/pbfgs_b$b" "$@"
+    done
+    python tables.py pbfgs-batch "$dir"
+}
+
+noise() {
+    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 40
+    # epochs (x0.1 after 20 and 30: after the decay SGD fits the wrong labels); P-BFGS (batch
+    # 1024) and P-SGD in the 15-D subspace of snapshots 0..20 (before the decay), 5 epochs each.
+    local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4}
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
+        e=6 m="3 5" end=4 d=3 pe=2 pm=1
+    else
+        dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 -p 100"
+        e=40 m="20 30" end=21 d=15 pe=5 pm="3 4"
+    fi
+    mkdir -p "$dir"
+    for c in $levels; do
+        local run="$dir/c$c"
+        sgd_once "$run" "$dir/log" $common --corrupt "$c" --lr 0.1 --epochs $e --lr-milestones $m "$@"
+        local sub="$common --corrupt $c --params_start 0 --params_end $end --n_components $d --save-dir $run"
+        once "$run/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $sub --epochs $pe --batch-size 1024 "$@"
+        once "$run/metrics_psgd_d${d}_0-$end.json" "$dir/log" train_psgd.py $sub --lr 1 --epochs $pe \
+            --lr-milestones $pm "$@"
+    done
+    python tables.py noise "$dir"
+    python plot.py noise "$dir"/c* --out "$dir" |& tee -a "$dir/log"
+    python plot.py curves "$dir"/c* --out "$dir" |& tee -a "$dir/log"
+}
+
+gpu_check() {
+    # One GPU, under 8 minutes: what CI (CPU only) cannot check.  Prints what it measured.
+    python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
+        { echo "error: gpu-check needs a CUDA device (torch.cuda.is_available() is False)" >&2; exit 2; }
+    local data=${DATA:-./data} dir=runs/gpu_check n
+    n=$(python -c 'import torch; print(torch.cuda.device_count())')
+    mkdir -p runs && rm -rf "$dir"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    echo "== 1. the tests that need CUDA"
+    python -m pytest -q -k cuda -p no:cacheprovider
+    echo "== 2. bench on CUDA (bf16, channels_last)"
+    python bench.py --device cuda --amp bf16 --channels-last --quick
+    echo "== 3. ResNet20 on CIFAR-10 ($data): SGD 5 epochs -> P-SGD / P-BFGS in 5 D, AMP bf16, channels_last"
+    local common="--datasets CIFAR10 --data-dir $data --arch resnet20 --amp bf16 --channels-last -p 0 --save-dir $dir"
+    $py train_sgd.py $common --lr 0.1 --epochs 5 |& tee "$dir.log"
+    $py train_psgd.py $common --lr 1 --epochs 2 --params_start 0 --params_end 6 --n_components 5 |& tee -a "$dir.log"
+    $py train_pbfgs.py $common --epochs 1 --batch-size 1024 --params_start 0 --params_end 6 --n_components 5 |& tee -a "$dir.log"
+    echo "== 4. torchrun with nccl over $n GPU(s): P-SGD 1 epoch"
+    torchrun --standalone --nproc_per_node "$n" train_psgd.py $common --lr 1 --epochs 1 --params_start 0 \
+        --params_end 6 --n_components 5 --dist-backend nccl --overwrite |& tee -a "$dir.log"
+    echo "gpu-check: done; the log of 3-4 is $dir.log"
+}
+
 case "$mode" in
     cifar10) cifar10 0 "$@" ;;
     labelnoise) cifar10 "${C:-0.2}" "$@" ;;
     cifar100) cifar100 "$@" ;;
     demo) demo "$@" ;;
     sweep) sweep "$@" ;;
+    resnet8) resnet8 "$@" ;;
+    pbfgs-batch) pbfgs_batch "$@" ;;
+    noise) noise "$@" ;;
+    gpu-check) gpu_check "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|gpu-check|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,153 @@
+"""The paper's tables from finished runs, our numbers beside the paper's.
+
+    python tables.py resnet8 runs/resnet8          # ResNet8 / CIFAR-10: SGD, random, DLDR (bash run.sh resnet8)
+    python tables.py noise runs/noise              # label noise: SGD best and final, P-BFGS, P-SGD (bash run.sh noise)
+    python tables.py pbfgs-batch runs/resnet8      # P-BFGS at batch 128 / 256 / 1024 (bash run.sh pbfgs-batch)
+
+Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
+SGD trajectory: ``sgd_s<seed>`` for resnet8, ``c<level>`` for noise), prints a markdown table
+and writes it to ``<folder>/<table>.md``.  Means are over the runs found, ``±`` the sample
+standard deviation (as the paper reports its trials); a row of one run shows no ``±``.
+"""
+import argparse
+import glob
+import os
+import statistics
+
+import engine
+import plot
+import utils
+
+# ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
+# 0.9, 3 trials): method -> (dimension, mean, std) as printed in the paper.
+PAPER_RESNET8 = {
+    'SGD': (78_330, 83.84, 0.34),
+    'random subspace, fixed (Li et al. 2018)': (7_982, 58.35, 0.04),
+    'random bases re-drawn every step (Gressmann et al. 2020)': (7_982, 70.26, 0.02),
+    'Fastfood subspace, fixed (Li et al. 2018)': None,
+    'DLDR P-SGD': (15, 85.18, 0.20),
+}
+KIND_ROWS = {'random': 'random subspace, fixed (Li et al. 2018)',
+             'redrawn': 'random bases re-drawn every step (Gressmann et al. 2020)',
+             'fastfood': 'Fastfood subspace, fixed (Li et al. 2018)',
+             'dldr': 'DLDR P-SGD'}
+
+
+def finished_runs(folder):
+    """The finished runs (a ``seconds`` entry: written when the run ended) of ``folder``."""
+    try:
+        runs = plot.load_runs(folder)
+    except utils.UserError:
+        return []
+    return [r for r in runs if 'seconds' in r and r.get('final_test_acc') is not None]
+
+
+def mean_std(values):
+    """'83.12 ± 0.40 (2)' over ``values`` (runs); '-' when there are none."""
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return f'{values[0]:.2f} (1)'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})'
+
+
+def kind_of(run):
+    return (run.get('basis') or {}).get('kind', 'dldr')
+
+
+def resnet8_table(folder):
+    """Rows of the ResNet8 table from ``folder``/sgd_s*/ (SGD and its subspace runs)."""
+    acc, dims, epochs, minutes = {}, {}, {}, {}
+    for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*'))):
+        for run in finished_runs(sub):
+            if run['method'] == 'sgd':
+                row, d = 'SGD', run['n_parameters']
+            elif run['method'] == 'psgd':
+                row, d = KIND_ROWS.get(kind_of(run)), run['basis']['n_components']
+            else:
+                continue
+            acc.setdefault(row, []).append(run['final_test_acc'])
+            dims[row], epochs[row] = d, len(run['epochs'])
+            minutes.setdefault(row, []).append(run['seconds'] / 60)
+    lines = ['| method | dimension (ours) | epochs | final test acc, ours (runs) | minutes per run | '
+             'dimension (paper) | paper |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for row, paper in PAPER_RESNET8.items():
+        ours = acc.get(row, [])
+        paper_text = (f'{paper[0]:,} | {paper[1]:.2f} ± {paper[2]:.2f}' if paper else '- | -')
+        lines.append(f'| {row} | {dims.get(row, "-"):,} | {epochs.get(row, "-")} | {mean_std(ours)} | '
+                     f'{statistics.mean(minutes[row]):.1f} | {paper_text} |' if ours else
+                     f'| {row} | - | - | - | - | {paper_text} |')
+    return lines
+
+
+def noise_table(folder):
+    """Rows of the label-noise table from ``folder``/c<level>/."""
+    lines = ['| label noise | SGD best | SGD final | P-BFGS | P-SGD | SGD train acc, final | '
+             'subspace from snapshots |',
+             '| ---: | ---: | ---: | ---: | ---: | ---: | --- |']
+    for sub in sorted(glob.glob(os.path.join(folder, 'c*'))):
+        runs = finished_runs(sub)
+        sgd = [r for r in runs if r['method'] == 'sgd']
+        if not sgd:
+            continue
+        level = sgd[0]['args']['corrupt']
+        cells = {m: [r['final_test_acc'] for r in runs if r['method'] == m] for m in ('pbfgs', 'psgd')}
+        spans = sorted({f'{r["basis"]["snapshots"][0]}..{r["basis"]["snapshots"][1] - 1}'
+                        for r in runs if r['method'] != 'sgd'})
+        lines.append(f'| {100 * level:g}% | {mean_std([r["best_test_acc"] for r in sgd])} | '
+                     f'{mean_std([r["final_test_acc"] for r in sgd])} | {mean_std(cells["pbfgs"])} | '
+                     f'{mean_std(cells["psgd"])} | {mean_std([r["epochs"][-1]["train_acc"] for r in sgd])} | '
+                     f'{", ".join(spans) or "-"} |')
+    return lines
+
+
+def pbfgs_batch_table(folder):
+    """Rows of the P-BFGS batch-size table: every finished P-BFGS run under ``folder``/sgd_s*/."""
+    lines = ['| batch | d | epochs | steps | final test acc | trials / step | failed searches | '
+             'mean accepted step | minutes |',
+             '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    rows = []
+    for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*'))):
+        for run in finished_runs(sub):
+            if run['method'] != 'pbfgs':
+                continue
+            ep = run['epochs']
+            steps = sum(r['steps'] for r in ep)
+            accepted = sum(r['steps'] - r['failed_searches'] - r['nonfinite_skips'] for r in ep)
+            mean_step = sum(r['mean_step_size'] * (r['steps'] - r['failed_searches'] - r['nonfinite_skips'])
+                            for r in ep) / max(accepted, 1)
+            trials = sum(r['mean_trials'] * r['steps'] for r in ep) / max(steps, 1)
+            rows.append((run['args']['batch_size'], run['basis']['n_components'], len(ep), steps,
+                         run['final_test_acc'], trials, sum(r['failed_searches'] for r in ep),
+                         mean_step, run['seconds'] / 60, run['tag']))
+    for b, d, e, steps, acc, trials, failed, step, minutes, tag in sorted(rows):
+        lines.append(f'| {b} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | {step:.3g} | '
+                     f'{minutes:.1f} |')
+    return lines
+
+
+TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table}
+
+
+def parse_args(argv=None):
+    p = engine.Parser(description=__doc__.split('\n\n')[0],
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('table', choices=TABLES, help='which table')
+    p.add_argument('folder', help='the folder the run.sh recipe wrote (runs/resnet8, runs/noise)')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.isdir(args.folder):
+        raise utils.UserError(f'no such folder: {args.folder}')
+    text = '\n'.join(TABLES[args.table](args.folder)) + '\n'
+    print(text, end='')
+    path = os.path.join(args.folder, f'{args.table}.md')
+    utils.atomic_write(path, lambda f: f.write(text.encode()))
+    print(f'table: {path}')
+
+
+if __name__ == '__main__':
+    engine.run_cli(main)
