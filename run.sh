@@ -203,16 +203,16 @@ pbfgs_batch() {
 }
 
 noise() {
-    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 40
-    # epochs (x0.1 after 20 and 30: after the decay SGD fits the wrong labels); P-BFGS (batch
-    # 1024) and P-SGD in the 15-D subspace of snapshots 0..20 (before the decay), 5 epochs each.
+    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 30
+    # epochs (x0.1 after 15 and 22: after the decay SGD fits the wrong labels); P-BFGS (batch
+    # 1024) and P-SGD in the 15-D subspace of snapshots 0..15 (before the decay), 5 epochs each.
     local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4}
     if [ "${SIZE:-full}" = ci ]; then
         dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
         e=6 m="3 5" end=4 d=3 pe=2 pm=1
     else
         dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 -p 100"
-        e=40 m="20 30" end=21 d=15 pe=5 pm="3 4"
+        e=30 m="15 22" end=16 d=15 pe=5 pm="3 4"
     fi
     mkdir -p "$dir"
     for c in $levels; do
