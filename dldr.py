@@ -597,7 +597,9 @@ def project_grads_(params: Sequence[Tensor], subspace, comm: Comm = LOCAL) -> Te
 # Algorithm 2: P-BFGS
 # --------------------------------------------------------------------------------------------
 
-STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips', 'step_size_sum')
+STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips', 'step_size_sum',
+             'curvature_skips', 'loss_sum', 'accepted_loss_sum')
+CURVATURE_PAIRS = ('consecutive', 'same-batch')
 
 
 class PBFGS(torch.optim.Optimizer):
@@ -612,6 +614,13 @@ class PBFGS(torch.optim.Optimizer):
     3. s = α p, w <- w + P^T s, g~_prev = g~.  If ``alpha`` > 0, residual momentum on the part of
        the gradient outside the subspace: M <- γ M + (g - P^T g~), w <- w - alpha M.
 
+    Curvature pairs (``curvature_pairs``): 'consecutive' (the paper's Algorithm 2) takes
+    y = g~_k - g~_{k-1}, two gradients of two different mini-batches, so y holds the difference
+    of their sampling noise as well as curvature; 'same-batch' (as online L-BFGS, Schraudolph et
+    al. 2007) evaluates the gradient once more after an accepted step, on the same mini-batch,
+    and takes y = g~(w + P^T s) - g~(w): one more forward and backward pass per step, and a pair
+    that measures curvature only.  The BatchNorm buffers are restored after that evaluation.
+
     If all trials fail the search takes no step: s = 0 (so the next curvature update is skipped)
     and the failure is counted in ``stats['failed_searches']``; residual momentum still applies.
     If the loss or the gradient at w is non-finite the whole step is skipped: weights unchanged,
@@ -621,8 +630,12 @@ class PBFGS(torch.optim.Optimizer):
     weights end bit-exactly at w (+ the residual momentum term) or at the accepted trial point.
 
     ``stats`` counts ``steps``, ``trials`` (closure evaluations in line searches),
-    ``failed_searches`` and ``nonfinite_skips`` and sums the accepted step sizes α
-    (``step_size_sum``) since the last :meth:`reset_stats`.
+    ``failed_searches``, ``nonfinite_skips`` and ``curvature_skips`` (pairs with y^T s <=
+    ``curvature_eps``, whose update is skipped), and sums the accepted step sizes α
+    (``step_size_sum``), the losses at the evaluation points (``loss_sum``, over the steps) and
+    the accepted trials' losses (``accepted_loss_sum``, over the accepted steps) since the last
+    :meth:`reset_stats`: loss_sum/steps - accepted_loss_sum/accepted compares a step's gain on
+    its own mini-batch with the loss the next, fresh mini-batch finds.
 
     Data-parallel ranks (``comm``) each evaluate the closure on their share of the mini-batch; the
     loss and the d gradient coordinates are averaged in one all-reduce per step and each trial's
@@ -656,17 +669,20 @@ class PBFGS(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Tensor], subspace, *, buffers: Iterable[Tensor] = (),
                  sigma: float = 0.4, rho: float = 0.4, max_trials: int = 20, alpha: float = 0.0,
-                 gamma: float = 0.9, curvature_eps: float = 1e-20, comm: Comm = LOCAL):
+                 gamma: float = 0.9, curvature_eps: float = 1e-20,
+                 curvature_pairs: str = 'consecutive', comm: Comm = LOCAL):
         if not 0.0 < sigma < 1.0:
             raise ValueError(f'sigma must be in (0, 1), got {sigma}')
         if not 0.0 < rho < 1.0:
             raise ValueError(f'rho must be in (0, 1), got {rho}')
         if max_trials < 1:
             raise ValueError(f'max_trials must be >= 1, got {max_trials}')
+        if curvature_pairs not in CURVATURE_PAIRS:
+            raise ValueError(f'curvature_pairs must be one of {CURVATURE_PAIRS}, got {curvature_pairs!r}')
         if alpha < 0.0 or gamma < 0.0:
             raise ValueError(f'alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}')
         defaults = dict(sigma=sigma, rho=rho, max_trials=max_trials, alpha=alpha, gamma=gamma,
-                        curvature_eps=curvature_eps)
+                        curvature_eps=curvature_eps, curvature_pairs=curvature_pairs)
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError('PBFGS supports a single parameter group')
@@ -704,10 +720,10 @@ class PBFGS(torch.optim.Optimizer):
         return self.state[self._params[0]]
 
     def _reset_curvature(self) -> None:
-        """B <- I and forget g~_prev and s."""
+        """B <- I and forget g~_prev, s and a same-batch y."""
         self._state['B'] = torch.eye(self.subspace.dim, dtype=torch.float64, device=self._device)
-        self._state.pop('prev_coords', None)
-        self._state.pop('prev_step', None)
+        for key in ('prev_coords', 'prev_step', 'pair_y'):
+            self._state.pop(key, None)
 
     def reset_stats(self) -> dict[str, int]:
         """Return the counters accumulated since the last reset (e.g. one epoch) and zero them."""
@@ -723,29 +739,33 @@ class PBFGS(torch.optim.Optimizer):
             if isinstance(value, Tensor):
                 self._state[key] = value.to(device=self._device, copy=True)
 
-    def _update_inverse_hessian(self, coords: Tensor) -> Tensor:
-        """BFGS update of B from y = g~ - g~_prev and s, on device (r = 0 skips it)."""
+    def _update_inverse_hessian(self, coords: Tensor) -> tuple[Tensor, Tensor | None]:
+        """BFGS update of B from the last pair (y = g~ - g~_prev, or the same-batch y) and s,
+        on device (r = 0 skips it).  Returns B and whether the pair was skipped (a device bool,
+        None without a pair)."""
         state = self._state
-        B = state['B']
+        B, skipped = state['B'], None
         if 'prev_coords' in state:
-            y, s = coords - state['prev_coords'], state['prev_step']
+            y = state['pair_y'] if 'pair_y' in state else coords - state['prev_coords']
+            s = state['prev_step']
             curvature = y @ s
+            skipped = ~(curvature > self.param_groups[0]['curvature_eps'])
             r = torch.where(curvature > self.param_groups[0]['curvature_eps'],
                             curvature.reciprocal(), torch.zeros_like(curvature))
             V = torch.eye(len(s), dtype=B.dtype, device=B.device) - r * torch.outer(y, s)
             B = V.T @ B @ V + r * torch.outer(s, s)
             state['B'] = B
-        return B
+        return B, skipped
 
     def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor, slope: Tensor,
-                     finite: Tensor) -> float | None:
+                     finite: Tensor, skipped: Tensor | None) -> float | None:
         """Backtracking Armijo search along w + α direction.
 
         Returns the accepted α with the parameters left at that trial point, 0.0 when every trial
         failed (parameters left at the last trial: the caller rewrites them), or None when
-        ``finite`` (a device bool: loss and gradient at w are finite) is false.  ``finite`` is read
-        together with the first trial's comparison, so a step costs one host sync per trial and no
-        other.  Each trial's loss is the rank-mean (one scalar all-reduced), so every rank makes
+        ``finite`` (a device bool: loss and gradient at w are finite) is false.  ``finite``, the
+        curvature update's ``skipped`` and the losses for ``stats`` are read together with each
+        trial's comparison, so a step costs one host sync per trial and no other.  Each trial's loss is the rank-mean (one scalar all-reduced), so every rank makes
         the same decision.  Every trial point is computed from the saved w (no drift) and the
         buffers are restored after each trial.
         """
@@ -759,14 +779,20 @@ class PBFGS(torch.optim.Optimizer):
             _copy_all_(self._buffers, self._buffers_at_w)
             accept = trial_loss[0].double() < loss + group['sigma'] * step_size * slope
             if trial_index == 0:
-                is_finite, accepted = torch.stack((finite, accept)).tolist()
+                no_pair = torch.zeros((), dtype=torch.bool, device=accept.device)
+                is_finite, pair_skipped, accepted, f, f_trial = torch.stack((
+                    finite.double(), (no_pair if skipped is None else skipped).double(),
+                    accept.double(), loss, trial_loss[0].double())).tolist()
                 if not is_finite:  # this evaluation was wasted; it is not counted as a trial
                     return None
+                self.stats['curvature_skips'] += int(pair_skipped)
+                self.stats['loss_sum'] += f
             else:
-                accepted = bool(accept)
+                accepted, f_trial = torch.stack((accept.double(), trial_loss[0].double())).tolist()
             self.stats['trials'] += 1
             if accepted:
                 self.stats['step_size_sum'] += step_size
+                self.stats['accepted_loss_sum'] += f_trial
                 return step_size
             step_size *= group['rho']
         self.stats['failed_searches'] += 1
@@ -789,11 +815,11 @@ class PBFGS(torch.optim.Optimizer):
         finite = torch.isfinite(packed).all()  # read with the first trial
 
         coords = coords32.double()
-        B = self._update_inverse_hessian(coords)
+        B, skipped = self._update_inverse_hessian(coords)
         direction = -(B @ coords)
         w = flat_params(self._params)
         step_size = self._line_search(closure, f, w, subspace.lift(direction.float()),
-                                      coords @ direction, finite)
+                                      coords @ direction, finite, skipped)
         if step_size is None:  # non-finite loss or gradient: skip the whole step
             set_flat_params_(self._params, w)
             _copy_all_(self._buffers, self._buffers_before)
@@ -802,6 +828,15 @@ class PBFGS(torch.optim.Optimizer):
             return packed[-1]
         state['prev_coords'] = coords
         state['prev_step'] = step_size * direction
+        state.pop('pair_y', None)
+        if group['curvature_pairs'] == 'same-batch' and step_size > 0.0:
+            # the gradient at the accepted point on the same mini-batch (the parameters hold it);
+            # its BatchNorm buffer updates are undone, as a trial's are
+            with torch.enable_grad():
+                closure()
+            _copy_all_(self._buffers, self._buffers_at_w)
+            new_coords = self.comm.all_reduce_(subspace.coords(flat_grad(self._params)))
+            state['pair_y'] = new_coords.double() - coords
         # The parameters hold the accepted trial point, which is also in self._trial; rewrite them
         # (from self._trial) only where they change: a failed search, or residual momentum.
         if step_size == 0.0:

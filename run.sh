@@ -171,7 +171,7 @@ resnet8() {
             --randomseed "$s" --save-dir "$dir/sgd_s$s" "$@"
     done
     local first=${seeds%% *}
-    for kind in redrawn fastfood random; do
+    for kind in ${KINDS-redrawn fastfood random}; do
         once "$dir/sgd_s$first/metrics_psgd_${kind}_s1_d${rd}_0-$end.json" "$dir/log" train_psgd.py $sub \
             --subspace $kind --subspace-seed 1 --n_components $rd --randomseed "$first" \
             --save-dir "$dir/sgd_s$first" "$@"
@@ -183,21 +183,25 @@ resnet8() {
 
 pbfgs_batch() {
     # P-BFGS (paper Algorithm 2) in resnet8's 15-D DLDR subspace (snapshots 0..30 of seed 1) at
-    # batch 128, 256 and 1024, the same number of epochs each, each in its own folder.
+    # batch 128, 256 and 1024, the same number of epochs each, each in its own folder; and with
+    # same-batch curvature pairs (--curvature-pairs same-batch) at 128 and 1024.
     local dir common e end d
     if [ "${SIZE:-full}" = ci ]; then
         dir=runs/resnet8_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0" e=1 end=7 d=5
     else
-        dir=runs/resnet8 common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100" e=3 end=31 d=15
+        dir=runs/resnet8 common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100" e=2 end=31 d=15
     fi
     if [ ! -f "$dir/sgd_s1/$((end - 1)).pt" ]; then
         echo "error: no trajectory in $dir/sgd_s1: run 'bash run.sh resnet8' first" >&2
         exit 2
     fi
-    for b in 128 256 1024; do
-        once "$dir/sgd_s1/pbfgs_b$b/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $common \
-            --epochs $e --batch-size $b --params_start 0 --params_end $end --n_components $d \
-            --pretrain-dir "$dir/sgd_s1" --save-dir "$dir/sgd_s1/pbfgs_b$b" "$@"
+    local b pairs out
+    for run in 128:consecutive 256:consecutive 1024:consecutive 128:same-batch 1024:same-batch; do
+        b=${run%%:*} pairs=${run#*:} out="$dir/sgd_s1/pbfgs_b$b"
+        [ "$pairs" = consecutive ] || out+="_$pairs"
+        once "$out/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $common \
+            --epochs $e --batch-size $b --curvature-pairs $pairs --params_start 0 --params_end $end \
+            --n_components $d --pretrain-dir "$dir/sgd_s1" --save-dir "$out" "$@"
     done
     python tables.py pbfgs-batch "$dir"
 }

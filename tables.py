@@ -104,11 +104,12 @@ def noise_table(folder):
 
 def pbfgs_batch_table(folder):
     """Rows of the P-BFGS batch-size table: every finished P-BFGS run under ``folder``/sgd_s*/."""
-    lines = ['| batch | d | epochs | steps | final test acc | trials / step | failed searches | '
-             'mean accepted step | minutes |',
-             '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    lines = ['| batch | curvature pairs | d | epochs | steps | final test acc | trials / step | '
+             'failed searches | skipped pairs (yᵀs ≤ 0) | mean accepted step | loss after step, own batch | '
+             'loss before next step | minutes |',
+             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     rows = []
-    for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*'))):
+    for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*', 'pbfgs_*'))):
         for run in finished_runs(sub):
             if run['method'] != 'pbfgs':
                 continue
@@ -118,12 +119,16 @@ def pbfgs_batch_table(folder):
             mean_step = sum(r['mean_step_size'] * (r['steps'] - r['failed_searches'] - r['nonfinite_skips'])
                             for r in ep) / max(accepted, 1)
             trials = sum(r['mean_trials'] * r['steps'] for r in ep) / max(steps, 1)
-            rows.append((run['args']['batch_size'], run['basis']['n_components'], len(ep), steps,
-                         run['final_test_acc'], trials, sum(r['failed_searches'] for r in ep),
-                         mean_step, run['seconds'] / 60, run['tag']))
-    for b, d, e, steps, acc, trials, failed, step, minutes, tag in sorted(rows):
-        lines.append(f'| {b} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | {step:.3g} | '
-                     f'{minutes:.1f} |')
+            last = ep[-1]  # the losses of the last epoch: where the runs differ
+            rows.append((run['args']['batch_size'], run['args'].get('curvature_pairs', 'consecutive'),
+                         run['basis']['n_components'], len(ep), steps, run['final_test_acc'], trials,
+                         sum(r['failed_searches'] for r in ep), sum(r.get('curvature_skips', 0) for r in ep),
+                         mean_step, last.get('own_batch_loss_after_step'), last.get('loss_before_step'),
+                         run['seconds'] / 60))
+    for b, pairs, d, e, steps, acc, trials, failed, skips, step, own, nxt, minutes in sorted(rows):
+        own, nxt = (f'{v:.3f}' if v is not None else '-' for v in (own, nxt))
+        lines.append(f'| {b} | {pairs} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | '
+                     f'{skips} | {step:.3g} | {own} | {nxt} | {minutes:.1f} |')
     return lines
 
 

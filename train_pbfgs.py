@@ -33,6 +33,12 @@ def parse_args(argv=None):
                         'the last one)')
     p.add_argument('--max-trials', '--max_trials', default=20, type=engine.positive_int, metavar='N',
                    help='line-search trials per step (the reference: 20 on CIFAR, 30 on ImageNet)')
+    p.add_argument('--curvature-pairs', '--curvature_pairs', default='consecutive',
+                   choices=dldr.CURVATURE_PAIRS,
+                   help='consecutive: y = difference of the gradients of two consecutive mini-batches '
+                        '(the paper); same-batch: y from a second gradient on the same mini-batch '
+                        'after the step (one more forward and backward pass per step; '
+                        'docs/RESULTS.md compares them)')
     return engine.finish_args(p.parse_args(argv))
 
 
@@ -62,7 +68,7 @@ def main(argv=None):
     model, context, device = run.model, run.context, run.device
     optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
                            max_trials=args.max_trials, alpha=args.alpha, gamma=args.gamma,
-                           comm=context.comm)
+                           curvature_pairs=args.curvature_pairs, comm=context.comm)
 
     start = time.time()
     steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
@@ -73,23 +79,29 @@ def main(argv=None):
         for group in engine.progress(groups_of(run.train_loader, args.accumulate), steps_per_epoch,
                                      f'epoch {epoch + 1}', args.print_freq, context.is_main):
             *earlier, (x, y) = group
+            gradients = 0  # the first gradient evaluation of a step is the one the meter counts
 
             def closure():
+                nonlocal gradients
                 if not torch.is_grad_enabled():  # a line-search trial: loss on the last batch
                     with engine.autocast(device, args.amp):
                         return F.cross_entropy(model(x).float(), y)
+                gradients += 1
+                count = gradients == 1  # not the same-batch curvature pair's second gradient
                 optimizer.zero_grad(set_to_none=True)
                 for xb, yb in earlier:
                     with engine.autocast(device, args.amp):
                         out = model(xb)
                         loss = F.cross_entropy(out.float(), yb)
                     (loss / len(group)).backward()
-                    meter.update(loss, out, yb)
+                    if count:
+                        meter.update(loss, out, yb)
                 with engine.autocast(device, args.amp):
                     out = model(x)
                     loss = F.cross_entropy(out.float(), y)
                 (loss / len(group)).backward()
-                meter.update(loss, out, y)
+                if count:
+                    meter.update(loss, out, y)
                 return loss
 
             optimizer.step(closure)
@@ -100,15 +112,21 @@ def main(argv=None):
         mean_trials = stats['trials'] / max(stats['steps'], 1)
         accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
         mean_step = stats.pop('step_size_sum') / max(accepted, 1)
+        # a step's gain on its own mini-batch, against what the next mini-batch finds
+        own_batch_loss = stats.pop('accepted_loss_sum') / max(accepted, 1)
+        next_batch_loss = stats.pop('loss_sum') / max(stats['steps'] - stats['nonfinite_skips'], 1)
         context.print(engine.epoch_line(
             epoch + 1, args.epochs, None, *train, *test, t1 - t0,
             eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
-                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}',
+                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}  '
+                          f'curvature skips {stats["curvature_skips"]}  loss after step '
+                          f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)',
             train_acc5=train.acc5, test_acc5=test.acc5))
         run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
-                              'mean_trials': mean_trials, **stats})
+                              'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,
+                              'loss_before_step': next_batch_loss, **stats})
     engine.finish_subspace_run(run, start)
 
 

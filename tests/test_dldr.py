@@ -321,6 +321,76 @@ def test_pbfgs_two_steps_match_hand_computation():
     assert optimizer.stats['steps'] == 2 and optimizer.stats['failed_searches'] == 0
 
 
+@pytest.mark.parametrize('pairs', ['consecutive', 'same-batch'])
+def test_pbfgs_curvature_pairs_by_hand(pairs):
+    """Two steps on two different mini-batches.  B after the second step's update is the BFGS
+    update from s_0 and y = g~_1(w_1) - g~_0(w_0) (consecutive: two batches) or
+    y = g~_0(w_1) - g~_0(w_0) (same-batch: batch 0 at the new point), computed here by hand; the
+    stats see one counted curvature pair and the losses before / after each step."""
+    model, x, y = logistic_problem(seed=3, x_scale=2.0)
+    batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+    params = dldr.trainable_params(model)
+    d = 4
+    P = random_orthonormal_rows(d, 33, seed=3)
+    Pn = P.double().numpy()
+    optimizer = dldr.PBFGS(params, P, curvature_pairs=pairs)
+
+    def coords_at(w, batch):
+        return Pn @ loss_and_grad(model, *batch, torch.from_numpy(w).float())[1].double().numpy()
+
+    w0 = dldr.flat_params(params).double().numpy()
+    gradients = []
+    closures = [make_closure(model, *b) for b in batches]
+    for k in range(2):
+        def closure(k=k):
+            if torch.is_grad_enabled():
+                gradients.append(k)
+            return closures[k]()
+        optimizer.step(closure)
+        if k == 0:
+            w1 = dldr.flat_params(params).double().numpy()
+    s0 = Pn @ (w1 - w0)
+    assert np.abs(s0).max() > 1e-4
+    y_expected = coords_at(w1, batches[1 if pairs == 'consecutive' else 0]) - coords_at(w0, batches[0])
+    r = 1.0 / (y_expected @ s0)
+    V = np.eye(d) - r * np.outer(y_expected, s0)
+    B_expected = V.T @ V + r * np.outer(s0, s0)
+    np.testing.assert_allclose(optimizer.state[params[0]]['B'].numpy(), B_expected, rtol=1e-4, atol=1e-6)
+    # same-batch pairs cost a second gradient on the step's batch after each accepted step
+    assert gradients == ([0, 1] if pairs == 'consecutive' else [0, 0, 1, 1])
+    stats = optimizer.stats
+    assert stats['curvature_skips'] == 0 and stats['steps'] == 2 and stats['failed_searches'] == 0
+    f0 = loss_and_grad(model, *batches[0], torch.from_numpy(w0).float())[0]
+    f1 = loss_and_grad(model, *batches[1], torch.from_numpy(w1).float())[0]
+    assert stats['loss_sum'] == pytest.approx(f0 + f1, rel=1e-5)
+    f0_after = loss_and_grad(model, *batches[0], torch.from_numpy(w1).float())[0]
+    assert f0_after < f0 and stats['accepted_loss_sum'] > f0_after
+
+
+def test_pbfgs_counts_a_pair_of_negative_curvature_as_skipped():
+    """Consecutive pairs from two mini-batches can have y^T s < 0 (no curvature: sampling noise);
+    such a pair leaves B alone and is counted."""
+    model, x, y = logistic_problem(seed=4)
+    params = dldr.trainable_params(model)
+    P = random_orthonormal_rows(3, 33, seed=4)
+    optimizer = dldr.PBFGS(params, P)
+    g0 = loss_and_grad(model, x, y, dldr.flat_params(params))[1].float()
+    optimizer.step(make_closure(model, x, y))  # B = I: s = -α P g0 (P^T), so g~_0^T s < 0
+    views = [g.view_as(p) for g, p in zip(g0.split([p.numel() for p in params]), params)]
+
+    def steeper():  # a "batch" whose gradient is 3 g0 everywhere: y = 2 g~_0, y^T s = 2 g~_0^T s < 0
+        loss = 3.0 * sum((p * v).sum() for p, v in zip(params, views))
+        if torch.is_grad_enabled():
+            model.zero_grad()
+            loss.backward()
+        return loss
+    optimizer.step(steeper)
+    assert optimizer.stats['curvature_skips'] == 1
+    np.testing.assert_array_equal(optimizer.state[params[0]]['B'].numpy(), np.eye(3))
+    with pytest.raises(ValueError, match='curvature_pairs'):
+        dldr.PBFGS(params, P, curvature_pairs='other')
+
+
 class QuadraticModel(nn.Module):
     """f(w) = ½ (w - w*)^T A (w - w*), evaluated in float64."""
 
@@ -379,14 +449,17 @@ def test_pbfgs_trials_restore_weights_and_buffers_exactly():
             optimizer.zero_grad()
             loss.backward()
             seen['after_eval'] = [b.clone() for b in buffers]
+            seen['loss'] = loss.detach()
             return loss
         seen['at_trials'].append((at_entry, [p.detach().clone() for p in params]))
         return loss + 1e3  # every trial fails the Armijo test
 
     optimizer.step(failing_closure)
     assert len(seen['at_trials']) == 5
-    assert optimizer.stats == {'steps': 1, 'trials': 5, 'failed_searches': 1, 'nonfinite_skips': 0,
-                               'step_size_sum': 0}
+    stats = dict(optimizer.stats)
+    assert stats.pop('loss_sum') == pytest.approx(seen['loss'].item())  # f at w, counted once
+    assert stats == {'steps': 1, 'trials': 5, 'failed_searches': 1, 'nonfinite_skips': 0,
+                     'step_size_sum': 0, 'curvature_skips': 0, 'accepted_loss_sum': 0}
     for at_entry, trial_params in seen['at_trials']:
         assert all(torch.equal(a, b) for a, b in zip(at_entry, seen['after_eval']))
         assert not all(torch.equal(a, b) for a, b in zip(trial_params, w_before))  # trials moved
