@@ -1,0 +1,36 @@
+"""Side-by-side performance ratios of this DLDR implementation on the current device.
+
+A report, not a test: it always exits 0 and prints MISS next to a ratio that misses its target.
+Absolute times are noise on shared machines; the ratios are what we report (docs/BENCHMARKS.md).
+One module per comparison, run in this order:
+
+1. ``s1_psgd_step``: P-SGD step / SGD step at batch 128 (d = 40, random orthonormal P).  <= 1.05
+2. ``s2_pbfgs_step``: P-BFGS step / floor at batch 1024; floor = SGD step + (mean trials) x
+   forward (train-mode forward, no grad), P from a short real SGD trajectory.         <= 1.10
+3. ``s3_epoch``: one SGD epoch through utils.DeviceLoader + engine.train_epoch
+   (a) / the same epoch on pre-made batches already on the device                    <= 1.05
+   (b) torchvision DataLoader (PIL + RandomCrop/Flip/ToTensor/Normalize) / ours       >= 1.25 CPU
+                                                                                      (>= 1.5 CUDA)
+4. ``s4_basis``: basis extraction dldr.dldr_basis from memory-mapped snapshot files
+   (utils.open_trajectory) vs load + full numpy SVD of the centred t x n trajectory (and sklearn
+   PCA if importable): time, and peak memory measured in a fresh process per method
+   (``basis_worker``, its own entry point).
+5. ``s5_eval``: evaluation per image (engine.evaluate at the default evaluation batch) /
+   training per image (engine.train_epoch at --batch-size).                            <= 0.45
+6. ``s6_distributed``: data parallel on the CPU (gloo, engine.spawn_local): bytes all-reduced
+   per P-SGD step (the d coordinates) / per DDP SGD step (the n-dim gradient)       <= 1.1 d/n
+   and the P-SGD step of 2 ranks / 1 process at the same global batch                 <= 1.0
+7. ``s7_imagefolder``: ImageFolder loading (decode + augment of JPEG files, no model):
+   utils.FolderLoader vs the reference's torchvision ImageFolder + RandomResizedCrop/Flip/
+   ToTensor/Normalize DataLoader, same worker count: images per second               >= 1.0
+   (the decode alone, PIL vs torchvision.io.decode_jpeg, is printed, not rated)
+
+Timing (``common``): warm-up first; torch.cuda.synchronize() around timed regions on CUDA only;
+the compared variants are interleaved A B | B A | A B ... so drift and other tenants hit all of
+them; a ratio is the median over rounds of the per-round ratio.
+
+    python bench.py                       # default run (~8 min on a quiet 2-core CPU)
+    python bench.py --quick               # smoke run (a few minutes on CPU; ratios too noisy to report)
+    python bench.py --device cuda --amp bf16 --channels-last
+    python -m benchmarks ...              # the same
+"""
