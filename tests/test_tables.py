@@ -1,0 +1,79 @@
+"""tables.py: the paper's tables from metrics files, checked against statistics computed here."""
+import json
+import statistics
+
+import pytest
+
+import tables
+
+
+def write_run(path, method, final, *, args=None, basis=None, n_parameters=75290, epochs=None,
+              finished=True, best=None):
+    rows = epochs or [{'epoch': 1, 'train_acc': 50.0, 'test_acc': final}]
+    data = {'args': {'batch_size': 128, **(args or {})}, 'method': method, 'epochs': rows,
+            'final_test_acc': final, 'best_test_acc': best if best is not None else final,
+            'n_parameters': n_parameters}
+    if basis:
+        data['basis'] = basis
+    if finished:
+        data['seconds'] = 120.0
+        data['finished'] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_resnet8_table_means_stds_and_the_papers_column(tmp_path):
+    sgd, dldr = {1: 84.1, 2: 83.5}, {1: 85.0, 2: 84.2}
+    for s in (1, 2):
+        write_run(tmp_path / f'sgd_s{s}/metrics_sgd.json', 'sgd', sgd[s])
+        write_run(tmp_path / f'sgd_s{s}/metrics_psgd_d15_0-31.json', 'psgd', dldr[s],
+                  basis={'kind': 'dldr', 'n_components': 15})
+    write_run(tmp_path / 'sgd_s1/metrics_psgd_random_s1_d7529_0-31.json', 'psgd', 40.0,
+              basis={'kind': 'random', 'n_components': 7529})
+    # an unfinished run is not counted
+    write_run(tmp_path / 'sgd_s1/metrics_psgd_redrawn_s1_d7529_0-31.json', 'psgd', 10.0,
+              basis={'kind': 'redrawn', 'n_components': 7529}, finished=False)
+    lines = tables.resnet8_table(str(tmp_path))
+    row = {line.split(' | ')[0].lstrip('| '): line for line in lines[2:]}
+    expected = f'{statistics.mean(sgd.values()):.2f} ± {statistics.stdev(sgd.values()):.2f} (2)'
+    assert expected == '83.80 ± 0.42 (2)' and expected in row['SGD'] and '83.84 ± 0.34' in row['SGD']
+    assert '84.60 ± 0.57 (2)' in row['DLDR P-SGD'] and '| 15 |' in row['DLDR P-SGD']
+    assert '40.00 (1)' in row['random subspace, fixed (Li et al. 2018)'] and '7,529' in \
+        row['random subspace, fixed (Li et al. 2018)']
+    assert row['random bases re-drawn every step (Gressmann et al. 2020)'].count(' - ') >= 4
+    assert '70.26 ± 0.02' in row['random bases re-drawn every step (Gressmann et al. 2020)']
+
+
+def test_noise_table_best_final_and_subspace_runs(tmp_path):
+    rows = [{'epoch': e, 'train_acc': t, 'test_acc': a} for e, t, a in [(1, 40, 60.0), (2, 70, 55.5)]]
+    write_run(tmp_path / 'c0.2/metrics_sgd.json', 'sgd', 55.5, args={'corrupt': 0.2}, epochs=rows, best=60.0)
+    write_run(tmp_path / 'c0.2/metrics_pbfgs_d15_0-16.json', 'pbfgs', 61.0, args={'corrupt': 0.2},
+              basis={'kind': 'dldr', 'n_components': 15, 'snapshots': [0, 16]})
+    write_run(tmp_path / 'c0.2/metrics_psgd_d15_0-16.json', 'psgd', 62.5, args={'corrupt': 0.2},
+              basis={'kind': 'dldr', 'n_components': 15, 'snapshots': [0, 16]})
+    lines = tables.noise_table(str(tmp_path))
+    assert lines[2] == '| 20% | 60.00 (1) | 55.50 (1) | 61.00 (1) | 62.50 (1) | 70.00 (1) | 0..15 |'
+
+
+def test_pbfgs_batch_table_weights_epochs_by_their_steps(tmp_path):
+    epochs = [{'epoch': 1, 'test_acc': 70.0, 'steps': 10, 'failed_searches': 1, 'nonfinite_skips': 0,
+               'curvature_skips': 2, 'mean_step_size': 0.5, 'mean_trials': 2.0,
+               'own_batch_loss_after_step': 1.0, 'loss_before_step': 1.2},
+              {'epoch': 2, 'test_acc': 72.0, 'steps': 30, 'failed_searches': 0, 'nonfinite_skips': 0,
+               'curvature_skips': 1, 'mean_step_size': 1.0, 'mean_trials': 1.0,
+               'own_batch_loss_after_step': 0.8, 'loss_before_step': 0.9}]
+    write_run(tmp_path / 'sgd_s1/pbfgs_b256/metrics_pbfgs_d15_0-31.json', 'pbfgs', 72.0,
+              args={'batch_size': 256, 'curvature_pairs': 'consecutive'}, epochs=epochs,
+              basis={'kind': 'dldr', 'n_components': 15})
+    line = tables.pbfgs_batch_table(str(tmp_path))[2]
+    # trials per step (2*10 + 1*30)/40; accepted step (0.5*9 + 1.0*30)/39; the last epoch's losses
+    assert line.startswith('| 256 | consecutive | 15 | 2 | 40 | 72.00 | 1.25 | 1 | 3 | ')
+    assert f'| {(0.5 * 9 + 30) / 39:.3g} | 0.800 | 0.900 |' in line
+
+
+def test_cli_writes_the_table_and_refuses_a_missing_folder(tmp_path, capsys):
+    write_run(tmp_path / 'sgd_s1/metrics_sgd.json', 'sgd', 80.0)
+    tables.main(['resnet8', str(tmp_path)])
+    assert '80.00 (1)' in (tmp_path / 'resnet8.md').read_text()
+    with pytest.raises(Exception, match='no such folder'):
+        tables.main(['resnet8', str(tmp_path / 'nothing')])
