@@ -598,7 +598,7 @@ def project_grads_(params: Sequence[Tensor], subspace, comm: Comm = LOCAL) -> Te
 # --------------------------------------------------------------------------------------------
 
 STAT_KEYS = ('steps', 'trials', 'failed_searches', 'nonfinite_skips', 'step_size_sum',
-             'curvature_skips', 'loss_sum', 'accepted_loss_sum')
+             'curvature_skips', 'loss_sum', 'accepted_loss_sum', 'captured_sum')
 CURVATURE_PAIRS = ('consecutive', 'same-batch')
 
 
@@ -635,7 +635,9 @@ class PBFGS(torch.optim.Optimizer):
     (``step_size_sum``), the losses at the evaluation points (``loss_sum``, over the steps) and
     the accepted trials' losses (``accepted_loss_sum``, over the accepted steps) since the last
     :meth:`reset_stats`: loss_sum/steps - accepted_loss_sum/accepted compares a step's gain on
-    its own mini-batch with the loss the next, fresh mini-batch finds.
+    its own mini-batch with the loss the next, fresh mini-batch finds; and ``captured_sum``, the
+    sum over steps of |P g|^2 / |g|^2, the fraction of the (this rank's) gradient the subspace
+    holds (exact for orthonormal rows), which tells a subspace that cannot descend.
 
     Data-parallel ranks (``comm``) each evaluate the closure on their share of the mini-batch; the
     loss and the d gradient coordinates are averaged in one all-reduce per step and each trial's
@@ -758,7 +760,7 @@ class PBFGS(torch.optim.Optimizer):
         return B, skipped
 
     def _line_search(self, closure, loss: Tensor, w: Tensor, direction: Tensor, slope: Tensor,
-                     finite: Tensor, skipped: Tensor | None) -> float | None:
+                     finite: Tensor, skipped: Tensor | None, captured: Tensor) -> float | None:
         """Backtracking Armijo search along w + α direction.
 
         Returns the accepted α with the parameters left at that trial point, 0.0 when every trial
@@ -780,13 +782,14 @@ class PBFGS(torch.optim.Optimizer):
             accept = trial_loss[0].double() < loss + group['sigma'] * step_size * slope
             if trial_index == 0:
                 no_pair = torch.zeros((), dtype=torch.bool, device=accept.device)
-                is_finite, pair_skipped, accepted, f, f_trial = torch.stack((
+                is_finite, pair_skipped, accepted, f, f_trial, fraction = torch.stack((
                     finite.double(), (no_pair if skipped is None else skipped).double(),
-                    accept.double(), loss, trial_loss[0].double())).tolist()
+                    accept.double(), loss, trial_loss[0].double(), captured)).tolist()
                 if not is_finite:  # this evaluation was wasted; it is not counted as a trial
                     return None
                 self.stats['curvature_skips'] += int(pair_skipped)
                 self.stats['loss_sum'] += f
+                self.stats['captured_sum'] += fraction
             else:
                 accepted, f_trial = torch.stack((accept.double(), trial_loss[0].double())).tolist()
             self.stats['trials'] += 1
@@ -808,9 +811,10 @@ class PBFGS(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = closure()
         grad = flat_grad(self._params)
+        local_coords = subspace.coords(grad)
+        captured = local_coords.double().square().sum() / grad.double().square().sum()
         # One message per step: the d gradient coordinates and the loss, averaged over the ranks.
-        packed = self.comm.all_reduce_(torch.cat((subspace.coords(grad),
-                                                  _loss_tensor(loss, grad.device))))
+        packed = self.comm.all_reduce_(torch.cat((local_coords, _loss_tensor(loss, grad.device))))
         coords32, f = packed[:-1], packed[-1].double()
         finite = torch.isfinite(packed).all()  # read with the first trial
 
@@ -819,7 +823,7 @@ class PBFGS(torch.optim.Optimizer):
         direction = -(B @ coords)
         w = flat_params(self._params)
         step_size = self._line_search(closure, f, w, subspace.lift(direction.float()),
-                                      coords @ direction, finite, skipped)
+                                      coords @ direction, finite, skipped, captured)
         if step_size is None:  # non-finite loss or gradient: skip the whole step
             set_flat_params_(self._params, w)
             _copy_all_(self._buffers, self._buffers_before)

@@ -114,19 +114,23 @@ def main(argv=None):
         mean_step = stats.pop('step_size_sum') / max(accepted, 1)
         # a step's gain on its own mini-batch, against what the next mini-batch finds
         own_batch_loss = stats.pop('accepted_loss_sum') / max(accepted, 1)
-        next_batch_loss = stats.pop('loss_sum') / max(stats['steps'] - stats['nonfinite_skips'], 1)
+        evaluated = max(stats['steps'] - stats['nonfinite_skips'], 1)
+        next_batch_loss = stats.pop('loss_sum') / evaluated
+        captured = stats.pop('captured_sum') / evaluated
         context.print(engine.epoch_line(
             epoch + 1, args.epochs, None, *train, *test, t1 - t0,
             eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
                           f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}  '
                           f'curvature skips {stats["curvature_skips"]}  loss after step '
-                          f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)',
+                          f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)  '
+                          f'gradient in subspace {captured:.2g}',
             train_acc5=train.acc5, test_acc5=test.acc5))
         run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
                               'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,
-                              'loss_before_step': next_batch_loss, **stats})
+                              'loss_before_step': next_batch_loss, 'gradient_captured': captured,
+                              **stats})
     engine.finish_subspace_run(run, start)
 
 

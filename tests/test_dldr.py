@@ -365,6 +365,11 @@ def test_pbfgs_curvature_pairs_by_hand(pairs):
     assert stats['loss_sum'] == pytest.approx(f0 + f1, rel=1e-5)
     f0_after = loss_and_grad(model, *batches[0], torch.from_numpy(w1).float())[0]
     assert f0_after < f0 and stats['accepted_loss_sum'] > f0_after
+    # |P g|^2 / |g|^2 at both evaluation points (P has orthonormal rows), summed
+    fractions = [np.sum((Pn @ g) ** 2) / np.sum(g ** 2) for g in
+                 (loss_and_grad(model, *batches[k], torch.from_numpy(w).float())[1].double().numpy()
+                  for k, w in ((0, w0), (1, w1)))]
+    assert stats['captured_sum'] == pytest.approx(sum(fractions), rel=1e-4)
 
 
 def test_pbfgs_counts_a_pair_of_negative_curvature_as_skipped():
@@ -458,6 +463,7 @@ def test_pbfgs_trials_restore_weights_and_buffers_exactly():
     assert len(seen['at_trials']) == 5
     stats = dict(optimizer.stats)
     assert stats.pop('loss_sum') == pytest.approx(seen['loss'].item())  # f at w, counted once
+    assert 0 < stats.pop('captured_sum') < 1
     assert stats == {'steps': 1, 'trials': 5, 'failed_searches': 1, 'nonfinite_skips': 0,
                      'step_size_sum': 0, 'curvature_skips': 0, 'accepted_loss_sum': 0}
     for at_entry, trial_params in seen['at_trials']:
