@@ -18,8 +18,8 @@
 #   DATA=/path/to/cifar bash run.sh pbfgs-batch
 #                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024
 #   DATA=/path/to/cifar bash run.sh noise
-#                            label noise 20% and 40% (ResNet8, 20k images): SGD long enough to fit
-#                            the wrong labels, P-BFGS / P-SGD from the snapshots before the decay
+#                            label noise 20% and 40% (ResNet8, 20k images): SGD 24 epochs, long enough
+#                            to fit wrong labels, P-BFGS / P-SGD from the snapshots before the decay
 #                            -> table and noise figure in runs/noise
 #                            These three: SIZE=ci runs the same sequence on synthetic data in
 #                            minutes (CI does); a finished step is skipped and SGD resumes
@@ -207,16 +207,16 @@ pbfgs_batch() {
 }
 
 noise() {
-    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 30
-    # epochs (x0.1 after 15 and 22: after the decay SGD fits the wrong labels); P-BFGS (batch
-    # 1024) and P-SGD in the 15-D subspace of snapshots 0..15 (before the decay), 5 epochs each.
+    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 24
+    # epochs (x0.1 after 12 and 18: after the decay SGD fits the wrong labels); P-BFGS (batch
+    # 1024) and P-SGD in the 15-D subspace of snapshots 0..12 (before the decay), 3 epochs each.
     local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4}
     if [ "${SIZE:-full}" = ci ]; then
         dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
         e=6 m="3 5" end=4 d=3 pe=2 pm=1
     else
         dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 -p 100"
-        e=30 m="15 22" end=16 d=15 pe=5 pm="3 4"
+        e=24 m="12 18" end=13 d=15 pe=3 pm=2
     fi
     mkdir -p "$dir"
     for c in $levels; do
