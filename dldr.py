@@ -638,6 +638,9 @@ class PBFGS(torch.optim.Optimizer):
     its own mini-batch with the loss the next, fresh mini-batch finds; and ``captured_sum``, the
     sum over steps of |P g|^2 / |g|^2, the fraction of the (this rank's) gradient the subspace
     holds (exact for orthonormal rows), which tells a subspace that cannot descend.
+    :meth:`reset_stats` adds ``gradient_signal`` = |mean_k g~_k|^2 / mean_k |g~_k|^2 over the
+    steps since the last reset: 1 when every mini-batch's subspace gradient points the same way,
+    about 1/steps when they are pure sampling noise (steps that fit their own batch only).
 
     Data-parallel ranks (``comm``) each evaluate the closure on their share of the mini-batch; the
     loss and the d gradient coordinates are averaged in one all-reduce per step and each trial's
@@ -698,6 +701,7 @@ class PBFGS(torch.optim.Optimizer):
         self.comm = comm
         self._buffers = list(buffers)
         self.stats = dict.fromkeys(STAT_KEYS, 0)
+        self._coords_moments = self._zero_moments()
         self._reset_curvature()
         # Work space allocated once (a step allocates three n-vectors: the flat gradient, w and
         # the lifted direction; trials allocate none): the trial point with views shaped like the
@@ -727,10 +731,19 @@ class PBFGS(torch.optim.Optimizer):
         for key in ('prev_coords', 'prev_step', 'pair_y'):
             self._state.pop(key, None)
 
-    def reset_stats(self) -> dict[str, int]:
-        """Return the counters accumulated since the last reset (e.g. one epoch) and zero them."""
+    def reset_stats(self) -> dict[str, float]:
+        """Return the counters accumulated since the last reset (e.g. one epoch), with
+        ``gradient_signal``, and zero them (one host sync)."""
         stats, self.stats = self.stats, dict.fromkeys(STAT_KEYS, 0)
+        total, squares, count = self._coords_moments
+        stats['gradient_signal'] = (total.square().sum() / (count * squares)).item() if count else float('nan')
+        self._coords_moments = self._zero_moments()
         return stats
+
+    def _zero_moments(self) -> list:
+        """Sum of g~ (d, float64, on the device), sum of |g~|^2 and the number of steps."""
+        return [torch.zeros(self.subspace.dim, dtype=torch.float64, device=self._device),
+                torch.zeros((), dtype=torch.float64, device=self._device), 0]
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As :meth:`torch.optim.Optimizer.load_state_dict`, but keeping each saved tensor's dtype
@@ -830,6 +843,10 @@ class PBFGS(torch.optim.Optimizer):
             self._reset_curvature()
             self.stats['nonfinite_skips'] += 1
             return packed[-1]
+        moments = self._coords_moments
+        moments[0] += coords
+        moments[1] += coords.square().sum()
+        moments[2] += 1
         state['prev_coords'] = coords
         state['prev_step'] = step_size * direction
         state.pop('pair_y', None)

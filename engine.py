@@ -217,7 +217,7 @@ def finish_args(args):
     """Checks no single ``type=`` can make, and the ``--half`` alias."""
     if args.half:
         args.amp = 'fp16'
-    if args.start_epoch and not args.resume:
+    if getattr(args, 'start_epoch', 0) and not getattr(args, 'resume', ''):
         # a fresh run numbers its snapshots from the initialisation (0.pt) and its schedule from
         # epoch 0: a run that "starts at N" has neither; the checkpoint carries both
         raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '

@@ -123,7 +123,7 @@ def main(argv=None):
                           f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}  '
                           f'curvature skips {stats["curvature_skips"]}  loss after step '
                           f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)  '
-                          f'gradient in subspace {captured:.2g}',
+                          f'gradient in subspace {captured:.2g}  signal {stats["gradient_signal"]:.2g}',
             train_acc5=train.acc5, test_acc5=test.acc5))
         run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,

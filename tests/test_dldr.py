@@ -370,6 +370,11 @@ def test_pbfgs_curvature_pairs_by_hand(pairs):
                  (loss_and_grad(model, *batches[k], torch.from_numpy(w).float())[1].double().numpy()
                   for k, w in ((0, w0), (1, w1)))]
     assert stats['captured_sum'] == pytest.approx(sum(fractions), rel=1e-4)
+    # the consistency of the two steps' subspace gradients: |g0 + g1|^2 / (2 (|g0|^2 + |g1|^2))
+    g_tildes = [coords_at(w0, batches[0]), coords_at(w1, batches[1])]
+    signal = np.sum(sum(g_tildes) ** 2) / (2 * sum(np.sum(g ** 2) for g in g_tildes))
+    assert optimizer.reset_stats()['gradient_signal'] == pytest.approx(signal, rel=1e-4)
+    assert np.isnan(optimizer.reset_stats()['gradient_signal'])  # no step since the reset
 
 
 def test_pbfgs_counts_a_pair_of_negative_curvature_as_skipped():
