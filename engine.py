@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import dldr
 import models
+import tracking
 import utils
 from utils import UserError
 
@@ -156,6 +157,7 @@ def make_parser(description, *, epochs, lr, lr_help):
       help='torch.distributed backend under torchrun (default: nccl on CUDA, gloo on the CPU)')
     a('--dist-timeout', '--dist_timeout', default=600, type=positive_int, metavar='S',
       help='seconds a rank waits in a collective for the others before the job fails')
+    tracking.add_tracking_args(p)
     return p
 
 
@@ -449,9 +451,11 @@ def progress(iterable, total, desc, print_freq, show=True):
 
 
 def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, before_step=None,
-                after_step=None, desc='train', print_freq=0):
+                after_step=None, log_step=None, desc='train', print_freq=0):
     """One epoch of mini-batch training; ``before_step()`` runs between backward and the step
-    (P-SGD projects the gradient there), ``after_step(i)`` after step i (0-based) of the epoch.
+    (P-SGD projects the gradient there), ``after_step(i)`` after step i (0-based) of the epoch,
+    ``log_step(i, loss)`` too, with the step's loss tensor (still on the device: the tracker
+    reads it only every --log-every steps, not a host sync per step).
     Returns the :class:`Scores` over all ranks; the loss is NaN/inf when any step produced a
     non-finite loss."""
     model.train()
@@ -476,6 +480,8 @@ def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, be
         meter.update(loss, out, y)
         if after_step is not None:
             after_step(i)
+        if log_step is not None:
+            log_step(i, loss)
     return meter.result(context.comm)
 
 
