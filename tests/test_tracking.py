@@ -178,7 +178,7 @@ def test_wandb_offline_summary_is_the_last_epoch_and_config_the_args(logged_sgd)
     assert [h['iteration'] for h in history if 'train/loss' in h] == list(range(2, 2 * steps + 1, 2))
 
 
-def test_psgd_tensorboard_has_the_basis_and_plot_adds_its_figures(logged_sgd, tmp_path):
+def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_sgd, tmp_path):
     source, _, _ = logged_sgd
     folder = tmp_path / 'run'
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns('logs'))
@@ -199,6 +199,17 @@ def test_psgd_tensorboard_has_the_basis_and_plot_adds_its_figures(logged_sgd, tm
         pytest.approx(basis['cumulative_explained_variance'], rel=1e-6)
     kind = acc.Tensors('basis/kind/text_summary')[0].tensor_proto.string_val[0].decode()
     assert kind == basis['kind'] == 'dldr'
+
+    # P-BFGS: its own loop (no train_epoch), the loss of every step (the mean over the ranks)
+    pbfgs = [a for a in PSGD if a not in ('--lr-milestones', '1')]
+    proc = run('train_pbfgs.py', *pbfgs, '--epochs', '1', '--save-dir', folder, '--logger', 'tensorboard',
+               '--log-every', '1')
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((folder / 'metrics_pbfgs_d2_0-3.json').read_text())
+    tags, _ = scalars(folder / 'logs' / 'pbfgs_d2_0-3')
+    assert_epochs_match(tags, metrics['epochs'])
+    assert [s for s, _ in tags['train/loss']] == list(range(1, metrics['epochs'][0]['steps'] + 1))
+    assert 'train/lr' not in tags  # the line search sets the step: there is no lr
 
     proc = run('plot.py', 'curves', folder, '--dpi', '30', '--logger', 'tensorboard')
     assert proc.returncode == 0, proc.stderr
