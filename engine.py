@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import dldr
 import models
+import tracking
 import utils
 from utils import UserError
 
@@ -76,7 +77,12 @@ class Parser(argparse.ArgumentParser):
                 action.help = (f'model architecture. CIFAR10/CIFAR100/MNIST/synthetic: '
                                f'{", ".join(models.available_archs("cifar"))}. ImageNet (torchvision\'s '
                                f'models, the class count from the folder): '
-                               f'{", ".join(models.available_archs("imagenet"))}')
+                               f'{", ".join(models.available_archs("imagenet"))}. Any dataset: '
+                               f'timm/NAME, timm\'s model NAME (timm.list_models(); e.g. '
+                               f'timm/resnet10t, timm/vit_tiny_patch16_224), normalised as its '
+                               f'pretrained config says; a fixed-input-size model (a ViT) is built '
+                               f'for the data\'s image size: 32 for the in-memory datasets, '
+                               f'--image-size for ImageNet')
         return super().format_help()
 
 
@@ -84,7 +90,8 @@ def make_parser(description, *, epochs, lr, lr_help):
     """The flags every script shares (train_sgd's set); subspace scripts add theirs on top."""
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a('--arch', '-a', metavar='ARCH', default='resnet20', help='model architecture')
+    a('--arch', '-a', metavar='ARCH', default='resnet20', help='model architecture (ours, '
+      'torchvision\'s or timm/NAME)')
     a('--datasets', metavar='NAME', default='CIFAR10',
       help='training data: ' + ', '.join(utils.DATASET_NAMES) + ' (synthetic: offline, generated in '
            'memory; ImageNet: any ImageFolder tree, --data-dir/train and --data-dir/val with one '
@@ -128,7 +135,8 @@ def make_parser(description, *, epochs, lr, lr_help):
     a('--pretrained', nargs='?', const=True, default=None, metavar='PATH',
       help='train_sgd.py: start from these weights. Alone: torchvision\'s default ImageNet weights '
            'of --arch, read from the local torch hub cache (<torch.hub.get_dir()>/checkpoints/; '
-           'never downloaded). PATH: a state_dict or a checkpoint holding one under "state_dict" '
+           'never downloaded); for timm/NAME timm\'s weights from the local Hugging Face cache '
+           '(classifier re-initialised for the class count; never downloaded). PATH: a state_dict or a checkpoint holding one under "state_dict" '
            '(the reference\'s) or "model" (ours), "module." prefixes dropped. The subspace scripts '
            'start from snapshot --params_start and ignore it')
     a('--half', action='store_true', help='alias of --amp fp16 (the reference cast the model to fp16)')
@@ -156,6 +164,7 @@ def make_parser(description, *, epochs, lr, lr_help):
       help='torch.distributed backend under torchrun (default: nccl on CUDA, gloo on the CPU)')
     a('--dist-timeout', '--dist_timeout', default=600, type=positive_int, metavar='S',
       help='seconds a rank waits in a collective for the others before the job fails')
+    tracking.add_tracking_args(p)
     return p
 
 
@@ -225,7 +234,12 @@ def finish_args(args):
     if args.datasets not in utils.DATASET_NAMES:
         raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
     family = utils.dataset_family(args.datasets)
-    if args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
+    if models.is_timm(args.arch):
+        try:
+            models.check_timm_arch(args.arch)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
         raise UserError(f"unknown arch {args.arch!r} for {args.datasets}; valid: "
                         f"{', '.join(models.available_archs(family))}")
     if hasattr(args, 'params_end') and args.params_end <= args.params_start:
@@ -449,9 +463,11 @@ def progress(iterable, total, desc, print_freq, show=True):
 
 
 def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, before_step=None,
-                after_step=None, desc='train', print_freq=0):
+                after_step=None, log_step=None, desc='train', print_freq=0):
     """One epoch of mini-batch training; ``before_step()`` runs between backward and the step
-    (P-SGD projects the gradient there), ``after_step(i)`` after step i (0-based) of the epoch.
+    (P-SGD projects the gradient there), ``after_step(i)`` after step i (0-based) of the epoch,
+    ``log_step(i, loss)`` too, with the step's loss tensor (still on the device: the tracker
+    reads it only every --log-every steps, not a host sync per step).
     Returns the :class:`Scores` over all ranks; the loss is NaN/inf when any step produced a
     non-finite loss."""
     model.train()
@@ -476,6 +492,8 @@ def train_epoch(model, loader, optimizer, context, *, amp='off', scaler=None, be
         meter.update(loss, out, y)
         if after_step is not None:
             after_step(i)
+        if log_step is not None:
+            log_step(i, loss)
     return meter.result(context.comm)
 
 

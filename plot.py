@@ -22,6 +22,7 @@ from types import MappingProxyType
 import numpy as np
 
 import engine
+import tracking
 import utils
 
 METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
@@ -252,6 +253,7 @@ def save(fig, opts, name):
     finally:
         plt.close(fig)
     print(path, flush=True)
+    opts.saved.append(path)
     return path
 
 
@@ -464,6 +466,7 @@ def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--out', help='folder for the PNG files (default: the first input folder)')
     common.add_argument('--dpi', type=engine.positive_int, default=120, help='resolution (default 120)')
+    tracking.add_tracking_args(common, steps=False)  # the figures as images (default --log-dir: DIR/logs)
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='family', required=True, metavar='FIGURE')
@@ -502,7 +505,13 @@ def main(argv=None):
         os.makedirs(opts.out, exist_ok=True)
     except OSError as e:
         raise utils.UserError(f'cannot create --out {opts.out}: {e.strerror}') from None
+    opts.saved = []
     PLOTTERS[opts.family](opts)
+    if opts.logger:
+        opts.save_dir = opts.dirs[0]  # (default --log-dir: beside the runs' own logs)
+        tracker = tracking.make_tracker(opts, name='figures')
+        tracker.log_images({f'figures/{os.path.splitext(os.path.basename(p))[0]}': p for p in opts.saved})
+        tracker.close()
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ from collections import defaultdict
 import numpy as np
 
 import engine
+import tracking
 import train_psgd
 import utils
 from utils import UserError
@@ -50,6 +51,7 @@ def parse_args(argv=None):
                    help='target accuracy as a fraction of the SGD run\'s final test accuracy')
     p.add_argument('--success', type=engine._fraction, default=1.0, metavar='P',
                    help='fraction of the seeds that must reach the target at the threshold d')
+    tracking.add_tracking_args(p)  # passed on to every run (each its own TensorBoard / W&B run)
     args, passthrough = p.parse_known_args(argv)
     args.passthrough = [a for a in passthrough if a != '--']
     return args
@@ -57,8 +59,8 @@ def parse_args(argv=None):
 
 def run_argv(args, kind, d, seed):
     """train_psgd.py's arguments for one run of the sweep."""
-    return [*args.passthrough, '--save-dir', args.save_dir, '--subspace', kind,
-            '--n_components', str(d), '--subspace-seed', str(seed)]
+    return [*args.passthrough, *tracking.passed_on(args), '--save-dir', args.save_dir, '--subspace',
+            kind, '--n_components', str(d), '--subspace-seed', str(seed)]
 
 
 def plan(args):

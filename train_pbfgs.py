@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import dldr
 import engine
+import tracking
 
 
 def parse_args(argv=None):
@@ -66,6 +67,8 @@ def main(argv=None):
     if run is None:
         return
     model, context, device = run.model, run.context, run.device
+    tracker = tracking.make_tracker(args, context, engine.subspace_tag('pbfgs', args))
+    tracker.log_basis(run.record.data['basis'])
     optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
                            max_trials=args.max_trials, alpha=args.alpha, gamma=args.gamma,
                            curvature_pairs=args.curvature_pairs, comm=context.comm)
@@ -76,8 +79,10 @@ def main(argv=None):
         t0 = time.time()
         model.train()
         meter = engine.EpochMeter(device)
-        for group in engine.progress(groups_of(run.train_loader, args.accumulate), steps_per_epoch,
-                                     f'epoch {epoch + 1}', args.print_freq, context.is_main):
+        log_step = tracker.step_hook(first_step=epoch * steps_per_epoch)
+        groups = groups_of(run.train_loader, args.accumulate)
+        for i, group in enumerate(engine.progress(groups, steps_per_epoch, f'epoch {epoch + 1}',
+                                                  args.print_freq, context.is_main)):
             *earlier, (x, y) = group
             gradients = 0  # the first gradient evaluation of a step is the one the meter counts
 
@@ -104,7 +109,9 @@ def main(argv=None):
                     meter.update(loss, out, y)
                 return loss
 
-            optimizer.step(closure)
+            loss = optimizer.step(closure)  # (the mean over the ranks)
+            if log_step is not None:
+                log_step(i, loss)
         stats = optimizer.reset_stats()
         train = meter.result(context.comm)
         t1 = time.time()
@@ -131,7 +138,9 @@ def main(argv=None):
                               'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,
                               'loss_before_step': next_batch_loss, 'gradient_captured': captured,
                               **stats})
+        tracker.log_epoch(run.record.data['epochs'][-1])
     engine.finish_subspace_run(run, start)
+    tracker.close()
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import torch
 
 import dldr
 import engine
+import tracking
 
 
 def parse_args(argv=None):
@@ -34,6 +35,8 @@ def main(argv=None):
     if run is None:
         return
     model, context = run.model, run.context
+    tracker = tracking.make_tracker(args, context, engine.subspace_tag('psgd', args))
+    tracker.log_basis(run.record.data['basis'])
     params = dldr.trainable_params(model)
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
@@ -46,6 +49,7 @@ def main(argv=None):
         train = engine.train_epoch(
             model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
             before_step=lambda: dldr.project_grads_(params, run.subspace, context.comm),
+            log_step=tracker.step_hook(optimizer, epoch * len(run.train_loader)),
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
         if not math.isfinite(train[0]):
             raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped '
@@ -58,7 +62,9 @@ def main(argv=None):
         run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds})
+        tracker.log_epoch(run.record.data['epochs'][-1])
     engine.finish_subspace_run(run, start)
+    tracker.close()
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import engine
 import models
+import tracking
 import utils
 
 # Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
@@ -198,6 +199,7 @@ def main(argv=None):
         model, device_ids=[context.device] if context.device.type == 'cuda' else None,
         find_unused_parameters=args.arch in models.SOME_PARAMETERS_WITHOUT_GRADIENT)
 
+    tracker = tracking.make_tracker(args, context, 'sgd')
     run_start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         t0 = time.time()
@@ -214,7 +216,7 @@ def main(argv=None):
         train = engine.train_epoch(
             net, train_loader, optimizer, context, amp=args.amp, scaler=scaler,
             after_step=after_step if args.snapshot_every else None,
-            desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
+            log_step=tracker.step_hook(optimizer, epoch * steps), desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
         scheduler.step()
         t1 = time.time()
         engine.broadcast_buffers_(model, context)
@@ -235,6 +237,7 @@ def main(argv=None):
         snapshot(epoch + 1, steps, base + steps)
         record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
                           'seconds': t2 - t0, 'train_seconds': t1 - t0, 'eval_seconds': t2 - t1})
+        tracker.log_epoch(record.data['epochs'][-1])
         if context.is_main:
             checkpoint = {
                 'epoch': epoch + 1, 'args': vars(args), 'best_acc': best, 'epochs': record.data['epochs'],
@@ -255,6 +258,7 @@ def main(argv=None):
     context.print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
                   f'({time.time() - run_start:.0f}s)')
     context.print(f'trajectory: {args.save_dir}/0.pt .. {len(snapshots) - 1}.pt; metrics: {metrics_path}')
+    tracker.close()
 
 
 if __name__ == '__main__':

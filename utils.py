@@ -209,6 +209,10 @@ def load_data(args):
         data = read_mnist(args.data_dir)
     else:
         raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(DATASET_NAMES)}")
+    if models.is_timm(args.arch):  # the normalisation timm's pretrained weights of the model expect
+        norm = models.timm_normalisation(args.arch)
+        if norm is not None and len(norm[0]) == data.channels:
+            data.mean, data.std = norm
     if args.smalldatasets is not None and args.smalldatasets < 1:
         keep = balanced_subset(data.train_y, args.smalldatasets, data.num_classes,
                                _data_seed(args.randomseed, 'subset'))
@@ -540,8 +544,20 @@ def build_model(args, data, device, pretrained=None):
     """``--arch`` for ``data`` on ``device``; ``pretrained``: True (torchvision's default weights,
     from the local torch hub cache) or the path of a state_dict / checkpoint to start from."""
     family = dataset_family(args.datasets)
-    model = models.get_model(args.arch, num_classes=data.num_classes, in_channels=data.channels,
-                             family=family)
+    timm_file = None
+    if pretrained is True and models.is_timm(args.arch):  # timm's weights, from the local cache only
+        try:
+            timm_file = models.timm_cached_weights(args.arch)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(f'--pretrained: {e}') from None
+        pretrained = None
+    # the in-memory datasets have their images' size (32x32); ImageFolder data --image-size
+    image_size = data.image_size if isinstance(data, FolderData) else data.train_x.shape[-1]
+    try:
+        model = models.get_model(args.arch, num_classes=data.num_classes, in_channels=data.channels,
+                                 family=family, image_size=image_size, pretrained_file=timm_file)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if pretrained:
         path, state = pretrained_weights(pretrained, args.arch, family)
         check_state_dict(state, model, path)
@@ -646,6 +662,15 @@ def pretrained_weights(spec, arch, family):
         if not os.path.isfile(path):
             raise UserError(f'--pretrained: {path} is missing; download {url} and put it there '
                             f'(nothing is downloaded automatically), or give --pretrained PATH')
+    if str(path).endswith('.safetensors'):  # timm's hub files (safetensors comes with timm)
+        if not os.path.isfile(path):
+            raise UserError(f'missing weights file: {path}')
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+        try:
+            return path, load_safetensors(path)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f'corrupt or truncated weights file: {path} ({str(e)[:120]})') from None
     return path, weights_of(load_file(path, 'weights file'))
 
 

@@ -1,0 +1,133 @@
+"""``--arch timm/NAME``: timm's models through the whole sequence SGD -> snapshots -> P-SGD and
+P-BFGS on the offline synthetic data (a tiny ViT at the data's 32x32, random init), checked
+against timm's own models built directly; normalisation from timm's pretrained config;
+``--pretrained`` from a local Hugging Face cache only (a hand-made cache here: nothing is
+downloaded) or from a file.
+"""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from test_cli import CHILD_ENV, SMALL, assert_one_line_error, run  # noqa: E402
+
+import engine  # noqa: E402
+import utils  # noqa: E402
+
+timm = pytest.importorskip('timm')
+
+VIT = 'vit_tiny_patch16_224'  # 16x16 patches of a 32x32 image: 4 tokens, cheap on the CPU
+COMMON = ['--datasets', 'synthetic', '--arch', f'timm/{VIT}', *SMALL]
+
+
+def shapes(state):
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def timm_vit(**kwargs):
+    return timm.create_model(VIT, pretrained=False, num_classes=10, img_size=32, **kwargs)
+
+
+def run_env(script, *args, env):
+    import subprocess
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_vit_sgd_snapshots_psgd_pbfgs(tmp_path):
+    proc = run('train_sgd.py', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = shapes(timm_vit().state_dict())
+    for k in range(3):  # timm's own names and shapes: a timm checkpoint loads as it is
+        snap = torch.load(tmp_path / f'{k}.pt', map_location='cpu', weights_only=True)
+        assert shapes(snap) == expected
+    model = timm_vit()
+    model.load_state_dict(snap)  # strict
+
+    subspace = ['--params_start', '0', '--params_end', '3', '--n_components', '2', '--epochs', '1']
+    proc = run('train_psgd.py', *COMMON, *subspace, '--lr', '0.1', '--save-dir', tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run('train_pbfgs.py', *COMMON, *subspace, '--batch-size', '256', '--save-dir', tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    start = torch.load(tmp_path / '0.pt', map_location='cpu', weights_only=True)
+    for tag in ('psgd_d2_0-3', 'pbfgs_d2_0-3'):
+        metrics = json.loads((tmp_path / f'metrics_{tag}.json').read_text())
+        assert len(metrics['epochs']) == 1 and 0 <= metrics['final_test_acc'] <= 100
+        assert metrics['n_parameters'] == sum(p.numel() for p in timm_vit().parameters())
+        final = torch.load(tmp_path / f'{tag}.pt', map_location='cpu', weights_only=True)
+        assert shapes(final) == expected
+        assert all(torch.isfinite(v).all() for v in final.values())
+        assert any(not torch.equal(final[k], start[k]) for k in start)  # it trained
+
+
+def test_cnn_and_vit_are_timms_models_with_its_normalisation():
+    """utils.build_model / load_data against timm.create_model and timm's pretrained configs."""
+    from timm.models import get_pretrained_cfg
+    for name, kwargs in (('resnet10t', {}), (VIT, {'img_size': 32})):
+        args = engine.finish_args(engine.make_parser('', epochs=1, lr=0.1, lr_help='').parse_args(
+            ['--datasets', 'synthetic', '--arch', f'timm/{name}', '--smalldatasets', '0.01']))
+        data = utils.load_data(args)
+        cfg = get_pretrained_cfg(name)
+        assert (data.mean, data.std) == (tuple(cfg.mean), tuple(cfg.std))
+        model = utils.build_model(args, data, torch.device('cpu'))
+        assert shapes(model.state_dict()) == shapes(
+            timm.create_model(name, pretrained=False, num_classes=10, **kwargs).state_dict())
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert get_pretrained_cfg(VIT).mean == (0.5, 0.5, 0.5)  # (not the ImageNet default: it matters)
+
+
+def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path):
+    proc = run('train_sgd.py', '--datasets', 'synthetic', '--arch', 'timm/no_such_net', '--save-dir', tmp_path)
+    assert_one_line_error(proc, 'no_such_net')
+    cache = tmp_path / 'hf'
+    env = {**CHILD_ENV, 'HF_HUB_CACHE': str(cache)}
+    proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir', tmp_path / 'x',
+                   env=env)
+    assert_one_line_error(proc, str(cache / f'models--timm--{VIT}.augreg_in21k_ft_in1k'), '--pretrained PATH')
+    assert not (tmp_path / 'x' / '0.pt').exists()
+
+
+def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
+    from safetensors.torch import save_file
+    from timm.models import get_pretrained_cfg
+    # a hub cache as huggingface_hub lays it out, holding "pretrained" ImageNet weights (224, 1000)
+    repo = get_pretrained_cfg(VIT).hf_hub_id
+    folder = tmp_path / 'hf' / ('models--' + repo.replace('/', '--'))
+    (folder / 'refs').mkdir(parents=True)
+    (folder / 'refs' / 'main').write_text('0' * 40)
+    (folder / 'snapshots' / ('0' * 40)).mkdir(parents=True)
+    torch.manual_seed(3)
+    imagenet = timm.create_model(VIT, pretrained=False).state_dict()
+    save_file(imagenet, folder / 'snapshots' / ('0' * 40) / 'model.safetensors')
+
+    env = {**CHILD_ENV, 'HF_HUB_CACHE': str(tmp_path / 'hf'), 'HF_HUB_OFFLINE': '1'}
+    proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir',
+                   tmp_path / 'cached', env=env)
+    assert proc.returncode == 0, proc.stderr
+    start = torch.load(tmp_path / 'cached' / '0.pt', map_location='cpu', weights_only=True)
+    assert shapes(start) == shapes(timm_vit().state_dict())
+    for k in start:  # the body is the cached weights; the head is new (10 classes) and the
+        if k.startswith(('blocks.', 'patch_embed.', 'norm.', 'cls_token')):  # position
+            assert torch.equal(start[k], imagenet[k]), k                   # embedding resized
+    assert start['head.weight'].shape == (10, 192) and start['pos_embed'].shape == (1, 5, 192)
+
+    torch.manual_seed(4)
+    mine = {k: v.contiguous() for k, v in timm_vit().state_dict().items()}
+    save_file(mine, tmp_path / 'mine.safetensors')
+    proc = run('train_sgd.py', *COMMON, '--pretrained', tmp_path / 'mine.safetensors', '--epochs', '0',
+               '--save-dir', tmp_path / 'file')
+    assert proc.returncode == 0, proc.stderr
+    start = torch.load(tmp_path / 'file' / '0.pt', map_location='cpu', weights_only=True)
+    assert start.keys() == mine.keys() and all(torch.equal(start[k], mine[k]) for k in mine)
+
+
+def test_help_says_timm_names_are_accepted():
+    for script in ('train_sgd.py', 'train_psgd.py', 'train_pbfgs.py'):
+        proc = run(script, '--help')
+        assert proc.returncode == 0 and 'timm/NAME' in proc.stdout, script
