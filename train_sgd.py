@@ -208,8 +208,19 @@ def check_finite(model, train, test, epoch, args, record, context):
                          f'snapshot is {last} (try a lower --lr)' if context.is_main else 1)
 
 
-def evaluate_only(model, test_loader, context, args):
-    """``-e``: the test scores of the loaded weights."""
+def print_setting(args, context, data, record):
+    context.print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {context.device}'
+                  + (f' x {context.world_size} ranks' if context.world_size > 1 else '')
+                  + f'; {args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
+                  + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
+
+
+def evaluate_only(model, weights, test_loader, context, args):
+    """``-e``: the test scores of the model (of ``weights``, a weights-only ``--resume`` file,
+    when given)."""
+    if weights is not None:
+        utils.check_state_dict(weights, model, resume_path(args))
+        model.load_state_dict(weights)
     scores = engine.evaluate(model, test_loader, context, args.amp)
     context.print(f'test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
                   + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else ''))
@@ -233,19 +244,13 @@ def main(argv=None):
                               n_train=len(data.train_y), n_corrupted=len(data.corrupted)
                               if data.corrupted is not None else 0, snapshots=[])
     best = 0.0
-    if eval_weights is not None:
-        utils.check_state_dict(eval_weights, model, resume_path(args))
-        model.load_state_dict(eval_weights)
     if checkpoint is not None:
         args.start_epoch, best = restore_checkpoint(checkpoint, resume_path(args), state, record,
                                                     noise, len(train_loader))
         context.print(f'resumed from {resume_path(args)} at epoch {args.start_epoch}')
-    context.print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {context.device}'
-                  + (f' x {context.world_size} ranks' if context.world_size > 1 else '')
-                  + f'; {args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
-                  + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
+    print_setting(args, context, data, record)
     if args.evaluate:
-        return evaluate_only(model, test_loader, context, args)
+        return evaluate_only(model, eval_weights, test_loader, context, args)
 
     def snapshot(epoch, step, iteration):
         """The next numbered snapshot (written by rank 0), mapped in the record."""
@@ -301,7 +306,8 @@ def main(argv=None):
     record.finish(time.time() - run_start)
     context.print(f'final test acc {record.data["final_test_acc"]}  best {record.data["best_test_acc"]}  '
                   f'({time.time() - run_start:.0f}s)')
-    context.print(f'trajectory: {args.save_dir}/0.pt .. {len(record.snapshots) - 1}.pt; metrics: {metrics_path}')
+    context.print(f'trajectory: {args.save_dir}/0.pt .. {len(record.snapshots) - 1}.pt; '
+                  f'metrics: {metrics_path}')
 
 
 if __name__ == '__main__':
