@@ -1,7 +1,7 @@
 """DLDR: training in a tiny subspace spanned by the dominant directions of a training trajectory.
 
 Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained in Tiny Subspaces"
-(TPAMI 2023).  Pure torch; see ``METHOD.md`` for the formulas.
+(TPAMI 2023).  Pure torch; see ``docs/METHOD.md`` for the formulas.
 
 * Flat vectors: the trainable parameters of a model, flattened in ``named_parameters()`` order
   (BatchNorm running statistics are buffers, not part of the vector).
@@ -20,8 +20,8 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
 * :class:`Comm`: the one place where data-parallel ranks communicate.  A subspace step exchanges
   the d coordinates of the gradient (mean_r P g_r = P mean_r g_r) and the loss scalars, never an
   n-vector; the basis extraction exchanges t x t and d x d partial sums and gathers P once.  The
-  default :data:`LOCAL` is a single process (no communication); ``engine.DistComm`` implements it
-  with ``torch.distributed``.
+  default :data:`LOCAL` is a single process (no communication); ``distributed.DistComm`` implements
+  it with ``torch.distributed``.
 """
 import hashlib
 import math
@@ -46,7 +46,8 @@ class Comm:
     """Collectives of a group of data-parallel ranks; this base class is one process alone.
 
     Everything the method communicates passes through :meth:`all_reduce_` and
-    :meth:`all_gather_`: wrap them to count or log the traffic.
+    :meth:`all_gather_` (the run plumbing also uses :meth:`barrier` and :meth:`broadcast_`): wrap
+    them to count or log the traffic.
     """
 
     rank = 0
@@ -59,6 +60,13 @@ class Comm:
     def all_gather_(self, out: list[Tensor], tensor: Tensor) -> None:
         """Copy every rank's ``tensor`` (equal shapes) into ``out[rank]``."""
         out[0].copy_(tensor)
+
+    def barrier(self) -> None:
+        """Wait until every rank has arrived here."""
+
+    def broadcast_(self, tensor: Tensor, src: int = 0) -> Tensor:
+        """Overwrite ``tensor`` in place with rank ``src``'s; return it."""
+        return tensor
 
 
 LOCAL = Comm()
@@ -461,10 +469,6 @@ class DenseSubspace(Subspace):
             raise ValueError(f'P must be 2-D (d, n), got shape {tuple(P.shape)}')
         self.P = P
         self.dim, self.n = P.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.P.device
 
     def coords(self, g: Tensor) -> Tensor:
         return torch.mv(self.P, g)

@@ -12,8 +12,6 @@ Each command writes one PNG (``<family>.png``) into ``--out`` (default: the firs
 prints its path.  Bad input is one ``error:`` line and exit status 2.
 """
 import argparse
-import glob
-import json
 import os
 import re
 from collections import defaultdict
@@ -21,11 +19,14 @@ from types import MappingProxyType
 
 import numpy as np
 
-import engine
+import distributed
+import flags
+import metrics
+import subspace_run
 import tracking
 import utils
 
-METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
+METHOD_NAMES = MappingProxyType(metrics.METHOD_NAMES)
 FAMILIES = ('curves', 'time', 'spectrum', 'trajectory', 'noise', 'dims')
 
 
@@ -38,30 +39,16 @@ class NoData(utils.UserError):
 # ---------------------------------------------------------------------------------------------
 
 def load_runs(folder):
-    """Every ``metrics_*.json`` of ``folder`` as a dict (plus ``path``, ``folder``, ``tag``),
+    """Every ``metrics_*.json`` of ``folder`` as :class:`metrics.Metrics` (``folder`` as given),
     SGD first, then by method, basis kind, d and seed."""
     if not os.path.isdir(folder):
         raise utils.UserError(f'no such folder: {folder}')
-    paths = sorted(glob.glob(os.path.join(folder, 'metrics_*.json')))
+    paths = metrics.paths(folder)
     if not paths:
         raise utils.UserError(f'no runs in {folder} (no metrics_*.json)')
-    runs = []
-    for path in paths:
-        try:
-            with open(path, encoding='utf-8') as f:
-                run = json.load(f)
-        except json.JSONDecodeError as e:
-            raise utils.UserError(f'corrupt metrics file {path}: {e.msg} (line {e.lineno})') from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise utils.UserError(f'cannot read metrics file {path}: {e}') from None
-        if not (isinstance(run, dict) and isinstance(run.get('args'), dict)
-                and isinstance(run.get('epochs'), list)):
-            raise utils.UserError(f'{path} is not a metrics file of the training scripts '
-                                  f'(no "args" / "epochs")')
-        tag = os.path.basename(path)[len('metrics_'):-len('.json')]
-        run.update(path=path, folder=folder, tag=tag)
-        run.setdefault('method', tag.split('_')[0])
-        runs.append(run)
+    runs = [metrics.load(path) for path in paths]
+    for run in runs:
+        run['folder'] = folder
     return sorted(runs, key=lambda r: (r['method'] != 'sgd', r['method'], kind(r), dim(r) or 0,
                                        str(seed(r)), r['tag']))
 
@@ -71,31 +58,30 @@ def load_all(folders):
 
 
 def kind(run):
-    basis = run.get('basis')
-    return (basis.get('kind') or 'dldr') if isinstance(basis, dict) else None
+    return run.kind
 
 
 def dim(run):
-    if run['method'] == 'sgd':
-        return None
-    return (run.get('basis') or {}).get('n_components', run['args'].get('n_components'))
+    return run.dim
+
+
+def paper_kind(run):
+    """Whether a subspace run used the paper's basis (DLDR; files without a kind: DLDR too)."""
+    k = run.kind
+    return k is None or (k in subspace_run.KINDS and subspace_run.KINDS[k].paper)
 
 
 def kind_name(run):
-    return 'DLDR' if kind(run) in ('dldr', None) else kind(run)
+    return 'DLDR' if paper_kind(run) else run.kind
 
 
 def seed(run):
-    args = run['args']
-    return args.get('subspace_seed', args.get('randomseed'))
+    return run.seed
 
 
 def snapshot_range(run):
     """(start, end) of the trajectory a subspace run's basis came from, end exclusive."""
-    snaps = (run.get('basis') or {}).get('snapshots')
-    if snaps and len(snaps) == 2:
-        return int(snaps[0]), int(snaps[1])
-    return run['args'].get('params_start'), run['args'].get('params_end')
+    return run.snapshot_range
 
 
 def method_label(run):
@@ -104,7 +90,7 @@ def method_label(run):
     if run['method'] == 'sgd':
         return name
     k = kind(run)
-    return f'{name}{"" if k in (None, "dldr") else " " + k} d={dim(run)}'
+    return f'{name}{"" if paper_kind(run) else " " + k} d={dim(run)}'
 
 
 def run_label(run, folder_prefix=False):
@@ -112,7 +98,7 @@ def run_label(run, folder_prefix=False):
     if run['method'] != 'sgd':
         start, end = snapshot_range(run)
         label += f', snapshots {start}..{end - 1}'
-        if kind(run) not in ('dldr', None):
+        if not paper_kind(run):
             label += f', seed {seed(run)}'
     return f'{os.path.basename(os.path.normpath(run["folder"]))}: {label}' if folder_prefix else label
 
@@ -122,7 +108,9 @@ def start_text(run):
     where the kind starts by default (the range's first snapshot; the mean for twa)."""
     start = (run.get('basis') or {}).get('start')
     first = snapshot_range(run)[0]
-    if start is None or start == ('mean' if kind(run) == 'twa' else first):
+    row = subspace_run.KINDS.get(kind(run))
+    default = 'mean' if row is not None and row.starts_at_mean else first
+    if start is None or start == default:
         return ''
     return ', from their mean' if start == 'mean' else f', from snapshot {start}'
 
@@ -307,7 +295,7 @@ def plot_spectrum(opts):
         if not isinstance(basis, dict) or not basis.get('explained_variance_ratio'):
             continue
         start, end = snapshot_range(run)
-        key = (run['folder'], start, end, kind(run), seed(run) if kind(run) != 'dldr' else None)
+        key = (run['folder'], start, end, kind(run), seed(run) if not paper_kind(run) else None)
         if key not in bases or len(basis['explained_variance_ratio']) > len(bases[key][1]):
             label = f'{kind_name(run)} basis of snapshots {start}..{end - 1}'
             label += f', seed {seed(run)}' if key[-1] is not None else ''
@@ -347,7 +335,7 @@ def plot_trajectory(opts):
     if opts.snapshots:
         start, end = opts.snapshots
     else:
-        dldr_runs = [r for r in runs if kind(r) == 'dldr'] or [r for r in runs if kind(r)]
+        dldr_runs = [r for r in runs if kind(r) and paper_kind(r)] or [r for r in runs if kind(r)]
         start, end = snapshot_range(dldr_runs[0]) if dldr_runs else (0, numbered[-1] + 1 if numbered else 0)
     if end - start < 3 or not all(i in numbered for i in range(start, end)):
         raise NoData(f'trajectory needs snapshots {start}.pt .. {end - 1}.pt (at least 3) in {folder}; '
@@ -465,7 +453,7 @@ PLOTTERS = MappingProxyType({'curves': plot_curves, 'time': plot_time, 'spectrum
 def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--out', help='folder for the PNG files (default: the first input folder)')
-    common.add_argument('--dpi', type=engine.positive_int, default=120, help='resolution (default 120)')
+    common.add_argument('--dpi', type=flags.positive_int, default=120, help='resolution (default 120)')
     tracking.add_tracking_args(common, steps=False)  # the figures as images (default --log-dir: DIR/logs)
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -515,4 +503,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    engine.run_cli(main)
+    distributed.run_cli(main)

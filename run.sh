@@ -95,21 +95,7 @@ demo() {
     $py train_sgd.py $common --lr 0.1 --epochs 10 --save-dir $dir "$@" |& tee runs/demo.log
     $py train_psgd.py $common --lr 1 --epochs 4 --lr-milestones 3 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
     $py train_pbfgs.py $common --epochs 3 --batch-size 256 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
-    python - "$dir" <<'EOF'
-import glob, json, os, sys
-rows = []
-for path in sorted(glob.glob(os.path.join(sys.argv[1], 'metrics_*.json')), key=os.path.getmtime):
-    m = json.load(open(path))
-    dim = m['basis']['n_components'] if 'basis' in m else m['n_parameters']
-    rows.append((m['method'].upper().replace('PSGD', 'P-SGD').replace('PBFGS', 'P-BFGS'), dim,
-                 len(m['epochs']), m['final_test_acc'], m['best_test_acc'], m.get('seconds', 0)))
-sgd_final = next((r[3] for r in rows if r[0] == 'SGD'), None)
-print(f"\n{'method':8} {'dimension':>10} {'epochs':>6} {'final acc':>9} {'best acc':>9} {'vs SGD':>7} {'seconds':>8}")
-for r in rows:
-    gap = f'{r[3] - sgd_final:+7.2f}' if sgd_final is not None else f"{'-':>7}"
-    print(f'{r[0]:8} {r[1]:>10} {r[2]:>6} {r[3]:>9.2f} {r[4]:>9.2f} {gap} {r[5]:>8.0f}')
-print('(vs SGD: final accuracy minus the SGD run\'s final accuracy, in points)')
-EOF
+    python metrics.py table "$dir"
     echo "figures (plot.py):"
     python plot.py all "$dir" --out "$dir" |& tee -a runs/demo.log
 }
@@ -129,7 +115,7 @@ sweep() {
 }
 
 finished() {  # $1: a metrics JSON; true when its run has finished
-    python -c 'import sys, sweep; sys.exit(sweep.finished(sys.argv[1]) is None)' "$1"
+    python metrics.py finished "$1"
 }
 
 once() {  # $1: the run's metrics JSON, $2: its log, then the command: skipped when $1 has finished

@@ -17,7 +17,6 @@ final test accuracy of the SGD run (metrics_sgd.json of the trajectory's folder)
 printed as markdown and written to sweep.md and sweep.json in --save-dir.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,10 @@ from collections import defaultdict
 
 import numpy as np
 
-import engine
+import distributed
+import flags
+import metrics
+import subspace_run
 import tracking
 import train_psgd
 import utils
@@ -35,21 +37,21 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def parse_args(argv=None):
-    p = engine.Parser(description=__doc__.split('\n\n')[0],
+    p = flags.Parser(description=__doc__.split('\n\n')[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                       epilog='Every other flag (e.g. after --) is passed on to train_psgd.py.')
     p.add_argument('--save-dir', '--save_dir', required=True, metavar='DIR',
                    help='folder of the SGD trajectory (unless --pretrain-dir is passed on) and of '
                         'the sweep\'s runs, sweep.md and sweep.json')
-    p.add_argument('--kinds', nargs='+', default=['dldr', 'random'], choices=engine.SUBSPACE_KINDS,
+    p.add_argument('--kinds', nargs='+', default=['dldr', 'random'], choices=tuple(subspace_run.KINDS),
                    help='subspace kinds')
-    p.add_argument('--dims', nargs='+', type=engine.positive_int, required=True, metavar='D',
+    p.add_argument('--dims', nargs='+', type=flags.positive_int, required=True, metavar='D',
                    help='subspace dimensions')
     p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3], metavar='S',
                    help='--subspace-seed values (random, fastfood; dldr and twa use the first)')
     p.add_argument('--target', type=float, default=0.9, metavar='F',
                    help='target accuracy as a fraction of the SGD run\'s final test accuracy')
-    p.add_argument('--success', type=engine._fraction, default=1.0, metavar='P',
+    p.add_argument('--success', type=flags.fraction, default=1.0, metavar='P',
                    help='fraction of the seeds that must reach the target at the threshold d')
     tracking.add_tracking_args(p)  # passed on to every run (each its own TensorBoard / W&B run)
     args, passthrough = p.parse_known_args(argv)
@@ -69,13 +71,13 @@ def plan(args):
     runs = []
     for kind in args.kinds:
         for d in args.dims:
-            for seed in (args.seeds if kind in engine.SEEDED_KINDS else args.seeds[:1]):
+            for seed in (args.seeds if subspace_run.KINDS[kind].seeded else args.seeds[:1]):
                 argv = run_argv(args, kind, d, seed)
                 try:
                     run_args = train_psgd.parse_args(argv)
                 except UserError:  # d too large for this kind and snapshot range
                     continue
-                tag = engine.subspace_tag('psgd', run_args)
+                tag = subspace_run.subspace_tag('psgd', run_args)
                 runs.append((kind, d, seed, argv, os.path.join(args.save_dir, f'metrics_{tag}.json')))
     return runs
 
@@ -84,9 +86,8 @@ def finished(path):
     """The final test accuracy in a completed run's metrics JSON (None: absent or unfinished)."""
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        metrics = json.load(f)
-    return metrics['final_test_acc'] if 'seconds' in metrics else None
+    run = metrics.load(path)
+    return run.final_test_acc if run.finished else None
 
 
 def summarise(results, target_acc, success=1.0):
@@ -146,8 +147,7 @@ def main(argv=None):
     sgd_metrics = os.path.join(folder, 'metrics_sgd.json')
     if not os.path.isfile(sgd_metrics):
         raise UserError(f'missing {sgd_metrics}: the sweep\'s target is relative to the SGD run')
-    with open(sgd_metrics) as f:
-        sgd_acc = json.load(f).get('final_test_acc')
+    sgd_acc = metrics.load(sgd_metrics).final_test_acc
     if sgd_acc is None:
         raise UserError(f'{sgd_metrics} has no final test accuracy (no finished epoch): the sweep\'s '
                         f'target is relative to it')
@@ -179,4 +179,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    engine.run_cli(main)
+    distributed.run_cli(main)

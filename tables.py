@@ -14,8 +14,9 @@ import glob
 import os
 import statistics
 
-import engine
-import plot
+import distributed
+import flags
+import metrics
 import utils
 
 # ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
@@ -34,12 +35,9 @@ KIND_ROWS = {'random': 'random subspace, fixed (Li et al. 2018)',
 
 
 def finished_runs(folder):
-    """The finished runs (a ``seconds`` entry: written when the run ended) of ``folder``."""
-    try:
-        runs = plot.load_runs(folder)
-    except utils.UserError:
-        return []
-    return [r for r in runs if 'seconds' in r and r.get('final_test_acc') is not None]
+    """The finished runs of ``folder`` (:class:`metrics.Metrics`)."""
+    runs = [metrics.load(path) for path in metrics.paths(folder)]
+    return [r for r in runs if r.finished and r.final_test_acc is not None]
 
 
 def mean_std(values):
@@ -51,10 +49,6 @@ def mean_std(values):
     return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})'
 
 
-def kind_of(run):
-    return (run.get('basis') or {}).get('kind', 'dldr')
-
-
 def resnet8_table(folder):
     """Rows of the ResNet8 table from ``folder``/sgd_s*/ (SGD and its subspace runs)."""
     acc, dims, epochs, minutes = {}, {}, {}, {}
@@ -63,7 +57,7 @@ def resnet8_table(folder):
             if run['method'] == 'sgd':
                 row, d = 'SGD', run['n_parameters']
             elif run['method'] == 'psgd':
-                row, d = KIND_ROWS.get(kind_of(run)), run['basis']['n_components']
+                row, d = KIND_ROWS.get(run.kind), run.dim
             else:
                 continue
             acc.setdefault(row, []).append(run['final_test_acc'])
@@ -136,7 +130,7 @@ TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_b
 
 
 def parse_args(argv=None):
-    p = engine.Parser(description=__doc__.split('\n\n')[0],
+    p = flags.Parser(description=__doc__.split('\n\n')[0],
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('table', choices=TABLES, help='which table')
     p.add_argument('folder', help='the folder the run.sh recipe wrote (runs/resnet8, runs/noise)')
@@ -155,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    engine.run_cli(main)
+    distributed.run_cli(main)

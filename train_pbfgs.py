@@ -17,30 +17,35 @@ import torch
 import torch.nn.functional as F
 
 import dldr
+import distributed
 import engine
+import flags
+import subspace_run
 import tracking
+import utils
+from utils import UserError
 
 
 def parse_args(argv=None):
-    p = engine.make_parser(
+    p = flags.common_parser(
         'P-BFGS: quasi-Newton training in the d-dimensional DLDR subspace of a sampled trajectory '
         '(Armijo sigma 0.4, backtracking rho 0.4, at most --max-trials trials per step; when all '
-        'trials fail no step is taken). No weight decay.',
-        epochs=100, lr=1.0, lr_help='unused (kept for the reference command lines): the line '
-                                    'search sets the step')
-    engine.add_subspace_args(p)
-    p.add_argument('--accumulate', default=1, type=engine.positive_int, metavar='K',
+        'trials fail no step is taken). No weight decay.', epochs=100)
+    flags.add_subspace_args(p)
+    g = p.add_argument_group('P-BFGS')
+    g.add_argument('--accumulate', default=1, type=flags.positive_int, metavar='K',
                    help='average the gradients of K mini-batches per step (the line search uses '
                         'the last one)')
-    p.add_argument('--max-trials', '--max_trials', default=20, type=engine.positive_int, metavar='N',
+    g.add_argument('--max-trials', '--max_trials', default=20, type=flags.positive_int, metavar='N',
                    help='line-search trials per step (the reference: 20 on CIFAR, 30 on ImageNet)')
-    p.add_argument('--curvature-pairs', '--curvature_pairs', default='consecutive',
+    g.add_argument('--curvature-pairs', '--curvature_pairs', default='consecutive',
                    choices=dldr.CURVATURE_PAIRS,
                    help='consecutive: y = difference of the gradients of two consecutive mini-batches '
                         '(the paper); same-batch: y from a second gradient on the same mini-batch '
                         'after the step (one more forward and backward pass per step; '
                         'docs/RESULTS.md compares them)')
-    return engine.finish_args(p.parse_args(argv))
+    flags.add_ignored_lr(p)
+    return flags.finish_subspace_args(p.parse_args(argv))
 
 
 def groups_of(loader, k):
@@ -58,24 +63,24 @@ def groups_of(loader, k):
 def main(argv=None):
     args = parse_args(argv)
     if args.amp == 'fp16':
-        raise engine.UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
+        raise UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
                                '--amp bf16 or off (not fp16 / --half)')
-    if args.subspace == 'redrawn':
-        raise engine.UserError('--subspace redrawn changes the basis at every step; P-BFGS keeps '
-                               'curvature in one fixed basis: use train_psgd.py for it')
-    run = engine.prepare_subspace_run(args, 'pbfgs')
-    if run is None:
-        return
-    model, context, device = run.model, run.context, run.device
-    tracker = tracking.make_tracker(args, context, engine.subspace_tag('pbfgs', args))
-    tracker.log_basis(run.record.data['basis'])
+    refusal = subspace_run.KINDS[args.subspace].pbfgs_refusal
+    if refusal:
+        raise UserError(refusal)
+    if args.evaluate:
+        return subspace_run.evaluate_saved(args, 'pbfgs')
+    run = subspace_run.prepare(args, 'pbfgs')
+    model, context, device = run.model, run.context, run.context.device
     optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
                            max_trials=args.max_trials, alpha=args.alpha, gamma=args.gamma,
                            curvature_pairs=args.curvature_pairs, comm=context.comm)
+    tracker = tracking.make_tracker(args, context, subspace_run.subspace_tag('pbfgs', args))
+    tracker.log_basis(run.record.data['basis'])
 
     start = time.time()
     steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
-    for epoch in range(args.start_epoch, args.epochs):
+    for epoch in range(args.epochs):
         t0 = time.time()
         model.train()
         meter = engine.EpochMeter(device)
@@ -109,13 +114,14 @@ def main(argv=None):
                     meter.update(loss, out, y)
                 return loss
 
+            # all-reduces the loss, d coordinates and every trial's loss
             loss = optimizer.step(closure)  # (the mean over the ranks)
             if log_step is not None:
                 log_step(i, loss)
         stats = optimizer.reset_stats()
-        train = meter.result(context.comm)
+        train = meter.result(context.comm)  # an all-reduce of the epoch's counts
         t1 = time.time()
-        test, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
+        test, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and test scores
         mean_trials = stats['trials'] / max(stats['steps'], 1)
         accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
         mean_step = stats.pop('step_size_sum') / max(accepted, 1)
@@ -132,16 +138,17 @@ def main(argv=None):
                           f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)  '
                           f'gradient in subspace {captured:.2g}  signal {stats["gradient_signal"]:.2g}',
             train_acc5=train.acc5, test_acc5=test.acc5))
+        skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
         run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
                               'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,
                               'loss_before_step': next_batch_loss, 'gradient_captured': captured,
-                              **stats})
+                              **stats}, skipped)
         tracker.log_epoch(run.record.data['epochs'][-1])
-    engine.finish_subspace_run(run, start)
+    run.finish(start)
     tracker.close()
 
 
 if __name__ == '__main__':
-    engine.run_cli(main)
+    distributed.run_cli(main)

@@ -14,39 +14,45 @@ import time
 import torch
 
 import dldr
+import distributed
 import engine
+import flags
+import subspace_run
 import tracking
+import utils
 
 
 def parse_args(argv=None):
-    p = engine.make_parser(
+    p = flags.common_parser(
         'P-SGD: train in the d-dimensional DLDR subspace of a sampled trajectory. Gradients are '
         'projected onto the subspace and SGD with momentum steps on them. No weight decay: its '
         'gradient (wd * w) points out of the subspace, and the reference uses none in this phase.',
-        epochs=40, lr=1.0, lr_help='learning rate of the subspace SGD')
-    engine.add_subspace_args(p)
-    engine.add_lr_milestones_arg(p, [30, 50], '30 50, the reference\'s fixed schedule')
-    return engine.finish_args(p.parse_args(argv))
+        epochs=40)
+    flags.add_lr(p, 1.0, 'learning rate of the subspace SGD')
+    flags.add_momentum(p)
+    flags.add_lr_milestones(p, [30, 50], '30 50, the reference\'s fixed schedule')
+    flags.add_subspace_args(p)
+    return flags.finish_subspace_args(p.parse_args(argv))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    run = engine.prepare_subspace_run(args, 'psgd')
-    if run is None:
-        return
+    if args.evaluate:
+        return subspace_run.evaluate_saved(args, 'psgd')
+    run = subspace_run.prepare(args, 'psgd')
     model, context = run.model, run.context
-    tracker = tracking.make_tracker(args, context, engine.subspace_tag('psgd', args))
-    tracker.log_basis(run.record.data['basis'])
     params = dldr.trainable_params(model)
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
     scaler = engine.grad_scaler(args, context.device)
+    tracker = tracking.make_tracker(args, context, subspace_run.subspace_tag('psgd', args))
+    tracker.log_basis(run.record.data['basis'])
 
     start = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
+    for epoch in range(args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
-        train = engine.train_epoch(
+        train = engine.train_epoch(  # all-reduces the d coordinates of every step's gradient
             model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
             before_step=lambda: dldr.project_grads_(params, run.subspace, context.comm),
             log_step=tracker.step_hook(optimizer, epoch * len(run.train_loader)),
@@ -56,16 +62,17 @@ def main(argv=None):
                              f'(try a lower --lr)' if context.is_main else 1)
         scheduler.step()
         t1 = time.time()
-        test, eval_seconds = engine.evaluate_subspace_model(run, args, epoch)
+        test, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and test scores
         context.print(engine.epoch_line(epoch + 1, args.epochs, lr, *train, *test, t1 - t0, eval_seconds,
                                         train_acc5=train.acc5, test_acc5=test.acc5))
+        skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
         run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
-                              'eval_seconds': eval_seconds})
+                              'eval_seconds': eval_seconds}, skipped)
         tracker.log_epoch(run.record.data['epochs'][-1])
-    engine.finish_subspace_run(run, start)
+    run.finish(start)
     tracker.close()
 
 
 if __name__ == '__main__':
-    engine.run_cli(main)
+    distributed.run_cli(main)

@@ -1,8 +1,9 @@
 """Data and files of the three training scripts: datasets on the training device (CIFAR, MNIST,
 synthetic), ImageFolder datasets (ImageNet) decoded by DataLoader workers, label noise, subsets, trajectory snapshots, checkpoints and JSON written atomically, user errors.
 
-The method itself (basis, projection, P-BFGS) lives in ``dldr.py``, the run plumbing (flags,
-process group, loops) in ``engine.py``.  Nothing here keeps module-level mutable state.
+The method itself (basis, projection, P-BFGS) lives in ``dldr.py``, the loops in ``engine.py``,
+flags in ``flags.py``, the process group in ``distributed.py``, the seeds in ``seeds.py``.
+Nothing here keeps module-level mutable state.
 """
 import contextlib
 import copy
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import models
+import seeds
 
 
 class UserError(Exception):
@@ -169,8 +171,6 @@ def corrupt_labels(labels, fraction, num_classes, seed):
 
     Returns ``(new_labels, indices)``; the same ``seed`` gives the same result in every script.
     """
-    if not 0.0 <= fraction <= 1.0:
-        raise UserError(f'--corrupt must lie in [0, 1], got {fraction}')
     n = len(labels)
     count = int(round(fraction * n))
     g = torch.Generator().manual_seed(seed)
@@ -192,34 +192,27 @@ def balanced_subset(labels, fraction, num_classes, seed):
     return torch.cat(keep).sort().values
 
 
-# Seeds of the data-side random choices, derived from --randomseed so that all scripts agree.
-def _data_seed(seed, purpose):
-    return {'subset': 1_000_003, 'noise': 2_000_003}[purpose] + seed
-
-
 def load_data(args):
     """The training data of a run: dataset, then ``--smalldatasets`` subset, then label noise."""
     if args.datasets == 'ImageNet':
         data = read_image_folder(args.data_dir, args.image_size)
     elif args.datasets == 'synthetic':
         data = make_synthetic()
-    elif args.datasets in _CIFAR:
-        data = read_cifar(args.data_dir, args.datasets)
     elif args.datasets == 'MNIST':
         data = read_mnist(args.data_dir)
-    else:
-        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(DATASET_NAMES)}")
+    else:  # CIFAR10, CIFAR100: the flags admit nothing else (flags.py)
+        data = read_cifar(args.data_dir, args.datasets)
     if models.is_timm(args.arch):  # the normalisation timm's pretrained weights of the model expect
         norm = models.timm_normalisation(args.arch)
         if norm is not None and len(norm[0]) == data.channels:
             data.mean, data.std = norm
     if args.smalldatasets is not None and args.smalldatasets < 1:
         keep = balanced_subset(data.train_y, args.smalldatasets, data.num_classes,
-                               _data_seed(args.randomseed, 'subset'))
+                               seeds.seed('subset', args.randomseed))
         data.keep_train(keep)
     if args.corrupt > 0:
         data.train_y, data.corrupted = corrupt_labels(
-            data.train_y, args.corrupt, data.num_classes, _data_seed(args.randomseed, 'noise'))
+            data.train_y, args.corrupt, data.num_classes, seeds.seed('label_noise', args.randomseed))
     return data
 
 
@@ -488,7 +481,7 @@ class FolderLoader:
         if train:
             # the workers' seeds come from a generator of their own: ``generator`` draws only the
             # epochs' orders, so a resumed run (a new worker pool) takes the same batches
-            workers_seed = torch.Generator().manual_seed(generator.initial_seed() * 1009 + rank)
+            workers_seed = seeds.generator('workers', generator.initial_seed(), rank=rank)
             split = dict(batch_sampler=ShardedBatches(len(dataset), batch_size, rank, world_size,
                                                       generator), generator=workers_seed)
         else:

@@ -19,7 +19,7 @@ import models
 from benchmarks import (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed,
                         s7_imagefolder)
 from benchmarks.common import Report, build_model, device_description, load_images, write_trajectory
-from engine import pick_device, run_cli
+from distributed import pick_device, run_cli
 
 SECTIONS = (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed, s7_imagefolder)
 """The comparisons; --only N runs SECTIONS[N - 1]."""

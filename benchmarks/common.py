@@ -12,7 +12,8 @@ import models
 import utils
 # Each engine name is imported by one module of benchmarks/ only (these three here; the others by
 # the one comparison using them), so moving a helper out of engine.py is a one-line change.
-from engine import Context, grad_scaler, train_epoch
+from distributed import Context
+from engine import grad_scaler, train_epoch
 
 MiB = 2**20
 

@@ -11,7 +11,7 @@ import dldr
 import models
 import utils
 from benchmarks.common import ms, train_steps
-from engine import spawn_local
+from distributed import spawn_local
 
 
 class CountingComm(dldr.Comm):

@@ -2,100 +2,23 @@
 the offline synthetic dataset at small sizes, checked against the files they write and against an
 independent numpy SVD of the snapshots; ``--help`` of every script.
 
-The SGD trajectory is produced once per session (see :func:`shared_sgd_run`) and shared with
-``test_reliability.py``; tests that write copy it first.
+The SGD trajectory is produced once per session (the ``sgd_run`` fixture of conftest.py) and
+shared with the other test files; tests that write copy it first.
 """
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import models  # noqa: E402
-import engine  # noqa: E402
-import utils  # noqa: E402
-
-# Small sizes: 500 training images, a few mini-batches per epoch, no progress lines.
-SMALL = ['--smalldatasets', '0.05', '-p', '0']
-# The reference SGD command (+ small sizes, --deterministic for bit-exact resumes).
-SGD_ARGS = ['--datasets', 'synthetic', '--lr', '0.1', '--corrupt', '0.2', '--arch=resnet8',
-            '--epochs=2', '--deterministic', *SMALL]
-PSGD_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '1', '--corrupt', '0.2',
-             '--params_start', '0', '--params_end', '3', '--batch-size', '128', '--n_components', '2',
-             '--arch=resnet8', *SMALL]
-PBFGS_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--corrupt', '0.2', '--params_start', '0',
-              '--params_end', '3', '--batch-size', '256', '--n_components', '2', '--arch=resnet8', *SMALL]
-
-
-# One intra-op thread per child: on 2 cores two children can then run side by side, and an
-# oversubscribed OpenMP pool spins (2-thread runs cost twice the CPU time here).  The same in
-# every child, so runs that must agree bit for bit use the same kernels.
-CHILD_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-
-
-def start(script, *args, **kwargs):
-    """``subprocess.Popen`` of ``script`` (a file in the repository root) in a fresh interpreter."""
-    return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
-                            **kwargs)
-
-
-def run(script, *args, timeout=300):
-    """Run ``script`` with ``args`` to completion; returns the CompletedProcess (text output)."""
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def shared_sgd_run(tmp_path_factory):
-    """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
-
-    test_reliability.py imports this too: whichever module runs first trains, the other reuses
-    the folder.  Callers must not write into it (copy it).
-    """
-    key = hashlib.sha1(' '.join(SGD_ARGS).encode()).hexdigest()[:10]
-    folder = tmp_path_factory.getbasetemp() / f'shared_sgd_{key}'
-    done = folder.with_name(folder.name + '.done.json')
-    if not done.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}')
-        assert proc.returncode == 0, proc.stderr
-        done.write_text(json.dumps({'stdout': proc.stdout, 'stderr': proc.stderr}))
-    return folder, json.loads(done.read_text())
-
-
-@pytest.fixture(scope='session')
-def sgd_run(tmp_path_factory):
-    return shared_sgd_run(tmp_path_factory)
-
-
-def file_state(folder):
-    """{name: sha1 of the bytes} of every file in ``folder``: to show nothing changed."""
-    return {name: hashlib.sha1((folder / name).read_bytes()).hexdigest()
-            for name in sorted(os.listdir(folder)) if (folder / name).is_file()}
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert 'Traceback' not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-def flat_snapshot(path, model):
-    """Trainable parameters of a snapshot file, flattened in named_parameters() order (float64)."""
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    return np.concatenate([state[name].double().reshape(-1).numpy()
-                           for name, p in model.named_parameters() if p.requires_grad])
+import distributed
+import flags
+import models
+import utils
+from helpers import PBFGS_ARGS, PSGD_ARGS, assert_one_line_error, file_state, flat_snapshot, run
 
 
 # ------------------------------------------------------------------------------------ SGD
@@ -219,15 +142,17 @@ def parser_flags(script, monkeypatch):
 
     def capture(self, *args, **kwargs):
         raise _Parsed(self)
-    monkeypatch.setattr(engine.Parser, 'parse_args', capture)
+    monkeypatch.setattr(flags.Parser, 'parse_args', capture)
     with pytest.raises(_Parsed) as info:
         module.parse_args([])
     return {s for action in info.value.args[0]._actions for s in action.option_strings}
 
 
 REFERENCE_FLAGS = {'--datasets', '--lr', '--corrupt', '--arch', '--epochs', '--save-dir',
-                   '--batch-size', '--resume', '--overwrite', '--deterministic', '--smalldatasets',
+                   '--batch-size', '--overwrite', '--deterministic', '--smalldatasets',
                    '--randomseed', '--data-dir'}
+SGD_FLAGS = {'--resume', '--optimizer', '--weight-decay', '--save-every', '--pretrained',
+             '--start-epoch', '--snapshot-every'}
 SUBSPACE_FLAGS = {'--params_start', '--params_end', '--n_components', '--pretrain-dir', '--alpha',
                   '--gamma'}
 
@@ -237,13 +162,18 @@ def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
     # in-process (main(['--help']) is what `python script --help` runs): saves three start-ups
     module = __import__(script)
     with pytest.raises(SystemExit) as info:
-        engine.run_cli(lambda: module.main(['--help']))
+        distributed.run_cli(lambda: module.main(['--help']))
     assert info.value.code in (0, None)
     out, err = capsys.readouterr()
     assert err == '' and out.startswith('usage:')
     flags = parser_flags(script, monkeypatch)
-    expected = REFERENCE_FLAGS | (SUBSPACE_FLAGS if script != 'train_sgd' else set())
+    expected = REFERENCE_FLAGS | (SUBSPACE_FLAGS if script != 'train_sgd' else SGD_FLAGS)
     expected |= {'--accumulate'} if script == 'train_pbfgs' else set()
     assert expected <= flags, expected - flags
+    if script != 'train_sgd':  # each script lists only the flags it uses
+        assert not SGD_FLAGS & flags, SGD_FLAGS & flags
+    if script == 'train_pbfgs':  # kept for the reference's command lines, and says so
+        assert '--momentum' not in flags
+        assert "(ignored: kept for the reference's command lines)" in ' '.join(out.split())
     missing = [f for f in flags if f not in out]
     assert not missing, missing

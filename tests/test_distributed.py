@@ -1,6 +1,6 @@
 """Data-parallel runs on the CPU with gloo: 2 ranks against 1 process.
 
-The method-level checks share one spawn of 2 processes (engine.spawn_local, file:// rendezvous):
+The method-level checks share one spawn of 2 processes (distributed.spawn_local, file:// rendezvous):
 P-SGD and P-BFGS on a BatchNorm-free model, 2 ranks x b/2 against 1 process x b on the same
 global batches (utils.DeviceLoader cuts them); the bytes every step all-reduces, counted by
 wrapping the one communicator; the sharded basis against the 1-process basis.  The script-level
@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import dldr  # noqa: E402
-import engine  # noqa: E402
-import utils  # noqa: E402
+import distributed
+import dldr
+import utils
+from helpers import ROOT
 
 D, BATCH, STEPS = 5, 16, 6
 
@@ -120,8 +118,8 @@ def all_runs(context):
 
 @pytest.fixture(scope='module')
 def runs():
-    single = all_runs(engine.Context(torch.device('cpu')))
-    pair = engine.spawn_local(all_runs, 2)
+    single = all_runs(distributed.Context(torch.device('cpu')))
+    pair = distributed.spawn_local(all_runs, 2)
     return single, pair
 
 

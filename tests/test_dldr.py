@@ -2,8 +2,6 @@
 closed-form minimisers)."""
 import copy
 import io
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import dldr  # noqa: E402
+import dldr
 
 F64 = torch.float64
 

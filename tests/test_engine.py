@@ -1,16 +1,13 @@
 """Run plumbing of engine.py without data or disk: the evaluation batch default, the BatchNorm
 re-estimation (--bn-update), the epoch meter."""
 import argparse
-import os
-import sys
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import engine  # noqa: E402
-import utils  # noqa: E402
+import distributed
+import engine
+import utils
 
 
 def test_eval_batch_default_per_device_and_flag():
@@ -32,7 +29,7 @@ def test_update_bn_averages_batches_restores_train_mode_and_leaves_parameters():
     batches = [(torch.randn(6, 3, 8, 8, generator=g) * 2 + 1, None) for _ in range(5)]
     params = [p.detach().clone() for p in model.parameters()]
     model.eval()
-    engine.update_bn(model, batches, 3, engine.Context(torch.device('cpu')))
+    engine.update_bn(model, batches, 3, distributed.Context(torch.device('cpu')))
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
     assert model[1].momentum == 0.1 and model[5].momentum == 0.1
@@ -49,7 +46,7 @@ def test_update_bn_averages_batches_restores_train_mode_and_leaves_parameters():
 def test_update_bn_zero_batches_changes_nothing():
     model = bn_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    engine.update_bn(model, [(torch.randn(6, 3, 8, 8), None)], 0, engine.Context(torch.device('cpu')))
+    engine.update_bn(model, [(torch.randn(6, 3, 8, 8), None)], 0, distributed.Context(torch.device('cpu')))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

@@ -3,24 +3,21 @@
 with --params-step at --image-size 32 with torchvision's resnet18; top-5 accuracy; --pretrained;
 label noise and subsets on file lists; one-line errors for bad folders and misfitting weights.
 """
-import importlib
 import json
 import os
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_cli import assert_one_line_error, run, start  # noqa: E402
-
-import engine  # noqa: E402
-import models  # noqa: E402
-import utils  # noqa: E402
+import engine
+import flags
+import models
+import seeds
+import utils
+from helpers import assert_one_line_error, in_process, run, start
 
 CLASSES, TRAIN, VAL = 6, 8, 4
 COMMON = ['--datasets', 'ImageNet', '--arch', 'resnet18', '--image-size', '32', '-p', '0']
@@ -132,34 +129,16 @@ def test_label_noise_and_subset_on_file_lists(image_folder):
                            smalldatasets=0.5, corrupt=0.25, randomseed=3)
     data = utils.load_data(args)
     clean = utils.read_image_folder(str(image_folder), 32)
-    keep = utils.balanced_subset(clean.train_y, 0.5, CLASSES, utils._data_seed(3, 'subset'))
+    keep = utils.balanced_subset(clean.train_y, 0.5, CLASSES, seeds.seed('subset', 3))
     assert data.train_paths == [clean.train_paths[i] for i in keep.tolist()]
     assert torch.bincount(clean.train_y[keep]).tolist() == [4] * CLASSES  # round(0.5 * 9) = 4 in class0
     n = len(keep)
     assert len(data.corrupted) == round(0.25 * n)
     changed = (data.train_y != clean.train_y[keep]).nonzero().flatten()
     assert changed.tolist() == data.corrupted.tolist()
-    expected, _ = utils.corrupt_labels(clean.train_y[keep], 0.25, CLASSES, utils._data_seed(3, 'noise'))
+    expected, _ = utils.corrupt_labels(clean.train_y[keep], 0.25, CLASSES, seeds.seed('label_noise', 3))
     assert torch.equal(data.train_y, expected)
     assert data.test_paths == clean.test_paths  # the val set is never touched
-
-
-def in_process(capsys, script, *argv):
-    """``script.main(argv)`` under engine.run_cli: (exit code, stdout, stderr)."""
-    module = importlib.import_module(script)
-    capsys.readouterr()
-    try:
-        engine.run_cli(lambda: module.main([str(a) for a in argv]))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_error(result, *fragments):
-    code, _, err = result
-    assert_one_line_error(SimpleNamespace(returncode=code, stderr=err), *fragments)
 
 
 def test_pretrained_file_reference_checkpoint_and_misfit(image_folder, tmp_path, capsys):
@@ -180,16 +159,16 @@ def test_pretrained_file_reference_checkpoint_and_misfit(image_folder, tmp_path,
     code, out, err = in_process(capsys, 'train_sgd', *args, '-e', '--resume', reference,
                                 '--save-dir', tmp_path / 'eval')
     assert code == 0 and 'top5' in out, err
-    assert_error(in_process(capsys, 'train_sgd', *args, '--pretrained', misfit, '--save-dir',
+    assert_one_line_error(in_process(capsys, 'train_sgd', *args, '--pretrained', misfit, '--save-dir',
                             tmp_path / 'bad'), str(misfit), 'does not fit')
 
 
 def test_default_weights_absent_names_the_file(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
-    assert_error(in_process(capsys, 'train_sgd', *COMMON, '--data-dir', image_folder, '--pretrained',
+    assert_one_line_error(in_process(capsys, 'train_sgd', *COMMON, '--data-dir', image_folder, '--pretrained',
                             '--save-dir', tmp_path / 's'),
                  str(tmp_path / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth'), 'nothing is downloaded')
-    assert_error(in_process(capsys, 'train_sgd', '--datasets', 'synthetic', '--pretrained',
+    assert_one_line_error(in_process(capsys, 'train_sgd', '--datasets', 'synthetic', '--pretrained',
                             '--save-dir', tmp_path / 's'), '--datasets ImageNet only')
 
 
@@ -202,7 +181,7 @@ def test_default_weights_absent_names_the_file(image_folder, tmp_path, capsys, m
 def test_bad_folders_one_line_error(tmp_path, capsys, damage, fragment):
     root = write_image_folder(tmp_path / 'data', bad=False)
     damage(root)
-    assert_error(in_process(capsys, 'train_sgd', *COMMON, '--data-dir', root, '--save-dir',
+    assert_one_line_error(in_process(capsys, 'train_sgd', *COMMON, '--data-dir', root, '--save-dir',
                             tmp_path / 's'), fragment)
 
 
@@ -214,7 +193,8 @@ def test_arch_families():
         with torch.device('meta'):
             assert not models.get_model(arch, 10, family='imagenet').aux_logits
     with pytest.raises(utils.UserError, match='unknown arch'):
-        engine.finish_args(SimpleNamespace(half=False, datasets='ImageNet', arch='resnet20'))
+        flags.finish_sgd_args(SimpleNamespace(half=False, start_epoch=0, resume='', datasets='ImageNet',
+                                              arch='resnet20'))
 
 
 def test_resume_continues_the_snapshot_numbering(image_folder, tmp_path, capsys):

@@ -9,17 +9,13 @@ it.
 """
 import json
 import os
-import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import models  # noqa: E402
-from test_cli import run  # noqa: E402
+import models
+from helpers import ROOT, run
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'reference_models.json')
 SMALL = ['--datasets', 'synthetic', '--smalldatasets', '0.05', '-p', '0', '--arch=resnet20']

@@ -1,7 +1,6 @@
 """plot.py: every figure family writes a valid PNG from hand-made run files (metrics JSON and
 resnet8 state_dicts written directly, no training); the trajectory projection matches a numpy
 SVD; the d-sweep grouping; one-line errors with exit status 2."""
-import json
 import os
 import subprocess
 import sys
@@ -11,12 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import models  # noqa: E402
-import plot  # noqa: E402
-import utils  # noqa: E402
+import models
+import plot
+import utils
+from helpers import ROOT
 
 ARGS = {'arch': 'resnet8', 'datasets': 'synthetic', 'corrupt': 0.0, 'randomseed': 1,
         'smalldatasets': 0.2, 'params_start': 0, 'params_end': 6, 'n_components': 3}

@@ -3,7 +3,7 @@ no mixing of trajectories, one-line errors (exit 2, no traceback, nothing delete
 losses.
 
 Real subprocesses where the process boundary is the point (the killed run, its resume, a crafted
-unsafe file); the error table runs ``main(argv)`` in-process through ``engine.run_cli`` (what the
+unsafe file); the error table runs ``main(argv)`` in-process through ``distributed.run_cli`` (what the
 scripts' ``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter
 start-ups would cost more than this whole file.
 """
@@ -24,20 +24,10 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from test_cli import (SGD_ARGS, SMALL, assert_one_line_error, file_state, run,  # noqa: E402
-                      shared_sgd_run, start)
-
-import models  # noqa: E402
-import engine  # noqa: E402
-import utils  # noqa: E402
-
-
-@pytest.fixture(scope='session')
-def sgd_run(tmp_path_factory):
-    """The SGD_ARGS trajectory (shared with test_cli.py: trained once per session)."""
-    return shared_sgd_run(tmp_path_factory)
+import distributed
+import models
+import utils
+from helpers import SGD_ARGS, SMALL, assert_one_line_error, file_state, run, start
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def synthetic():
 
 
 class InProcessCLI:
-    """``script.main(argv)`` under ``engine.run_cli`` with the captured stdout/stderr."""
+    """``script.main(argv)`` under ``distributed.run_cli`` with the captured stdout/stderr."""
 
     def __init__(self, capsys):
         self.capsys = capsys
@@ -90,7 +80,7 @@ class InProcessCLI:
         module = importlib.import_module(script)
         self.capsys.readouterr()
         with pytest.raises(SystemExit) as info:
-            engine.run_cli(lambda: module.main([str(a) for a in argv]))
+            distributed.run_cli(lambda: module.main([str(a) for a in argv]))
         out, err = self.capsys.readouterr()
         return info.value.code, out, err
 
@@ -116,16 +106,6 @@ def cli(capsys, monkeypatch, synthetic):
     np.random.set_state(numpy_rng)
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = benchmark
-
-
-def assert_user_error(result, *fragments):
-    code, _, err = result
-    assert code == 2, (code, err)
-    assert 'Traceback' not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ----------------------------------------------------------------------------- 1. resume
@@ -184,19 +164,19 @@ def test_resume_of_a_finished_run_keeps_its_summary(cli, trajectory):
 def test_resume_refuses_other_flags_other_noise_and_non_checkpoints(cli, trajectory, tmp_path):
     before = file_state(trajectory)
     base = [*SGD_ARGS, '--save-dir', trajectory]
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--lr', '0.05'),
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--lr', '0.05'),
                       'cannot resume', '--lr', '0.1')
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--corrupt', '0.3'),
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--corrupt', '0.3'),
                       'cannot resume', '--corrupt')
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', trajectory / '1.pt'),
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', trajectory / '1.pt'),
                       'not a full checkpoint', '1.pt')
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', tmp_path / 'nothing.pt'),
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', tmp_path / 'nothing.pt'),
                       'missing checkpoint', 'nothing.pt')
     # a checkpoint from another folder would continue into this folder's trajectory
     other = tmp_path / 'other'
     other.mkdir()
     shutil.copy(trajectory / 'checkpoint.pt', other / 'checkpoint.pt')
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', other / 'checkpoint.pt'), 'mix')
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', other / 'checkpoint.pt'), 'mix')
     assert file_state(trajectory) == before
 
     # label-noise indices: stored in the checkpoint and checked against the ones drawn now
@@ -205,7 +185,7 @@ def test_resume_refuses_other_flags_other_noise_and_non_checkpoints(cli, traject
     checkpoint['label_noise'] = (checkpoint['label_noise'] + 1) % 500
     utils.save_tensors(checkpoint, str(trajectory / 'checkpoint.pt'))
     before = file_state(trajectory)
-    assert_user_error(cli.fail('train_sgd', *base, '--resume', 'auto'), 'label-noise')
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto'), 'label-noise')
     assert file_state(trajectory) == before
 
 
@@ -294,7 +274,7 @@ def test_pickled_code_is_refused_everywhere(cli, trajectory, tmp_path):
     shutil.copy(evil, trajectory / '1.pt')
     before = file_state(trajectory)
     for script in ('train_psgd', 'train_pbfgs'):
-        assert_user_error(cli.fail(script, *SUBSPACE, '--save-dir', trajectory), 'refusing to load', '1.pt')
+        assert_one_line_error(cli.fail(script, *SUBSPACE, '--save-dir', trajectory), 'refusing to load', '1.pt')
     with pytest.raises(utils.UserError, match='refusing to load'):
         utils.load_file(str(evil))
     assert not marker.exists()
@@ -306,12 +286,12 @@ def test_pickled_code_is_refused_everywhere(cli, trajectory, tmp_path):
 def test_used_save_dir_refuses_fresh_start_unless_overwrite(cli, sgd_run, trajectory, tmp_path):
     before = file_state(trajectory)
     for flags in (['--lr', '0.05'], []):  # another configuration, or even the same one
-        assert_user_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--save-dir', trajectory),
+        assert_one_line_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--save-dir', trajectory),
                           'already holds a trajectory', '--overwrite', '--resume')
     # --overwrite with a run that cannot start (no CIFAR10 offline) deletes nothing
     empty = tmp_path / 'no_data'
     empty.mkdir()
-    assert_user_error(cli.fail('train_sgd', '--datasets', 'CIFAR10', '--data-dir', empty, '--arch',
+    assert_one_line_error(cli.fail('train_sgd', '--datasets', 'CIFAR10', '--data-dir', empty, '--arch',
                                'resnet8', '--overwrite', '--save-dir', trajectory), 'CIFAR10 not found')
     assert file_state(trajectory) == before
 
@@ -330,7 +310,7 @@ def test_psgd_rerun_needs_overwrite(cli, trajectory):
     cli.ok('train_psgd', *args)  # 0 epochs: basis, final model and metrics only
     outputs = file_state(trajectory)
     assert {'psgd_d2_0-3.pt', 'metrics_psgd_d2_0-3.json'} <= outputs.keys()
-    assert_user_error(cli.fail('train_psgd', *args), 'already exists', '--overwrite')
+    assert_one_line_error(cli.fail('train_psgd', *args), 'already exists', '--overwrite')
     assert file_state(trajectory) == outputs
     cli.ok('train_psgd', *args, '--overwrite')
     assert json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['args']['overwrite']
@@ -354,7 +334,7 @@ def test_sgd_lr_milestones(cli, tmp_path):
     rows = json.loads((tmp_path / 'metrics_sgd.json').read_text())['epochs']
     assert [r['lr'] for r in rows] == pytest.approx([0.1, 0.01])
     # a resume must keep the trajectory's schedule
-    assert_user_error(cli.fail('train_sgd', *SGD_ARGS, '--epochs', '3', '--resume', 'auto',
+    assert_one_line_error(cli.fail('train_sgd', *SGD_ARGS, '--epochs', '3', '--resume', 'auto',
                                '--save-dir', tmp_path), '--lr_milestones', '[1]')
 
 
@@ -422,7 +402,7 @@ def test_subspace_errors_are_one_line_and_delete_nothing(cli, trajectory, script
     if mutate is not None:
         mutate(trajectory)
     before = file_state(trajectory)
-    assert_user_error(cli.fail(script, *SUBSPACE, *flags, '--save-dir', trajectory), *fragments)
+    assert_one_line_error(cli.fail(script, *SUBSPACE, *flags, '--save-dir', trajectory), *fragments)
     assert file_state(trajectory) == before
 
 
@@ -448,7 +428,7 @@ def test_sgd_errors_are_one_line_and_delete_nothing(cli, trajectory, case):
     flags, fragments = SGD_ERRORS[case]
     before = file_state(trajectory)
     # --overwrite: were the check late, the earlier trajectory would already be gone
-    assert_user_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--overwrite', '--save-dir', trajectory),
+    assert_one_line_error(cli.fail('train_sgd', *SGD_ARGS, *flags, '--overwrite', '--save-dir', trajectory),
                       *fragments)
     assert file_state(trajectory) == before
 
@@ -459,7 +439,7 @@ def test_unwritable_save_dir(cli, tmp_path, script):
     afile.write_text('not a folder')
     flags = SGD_ARGS if script == 'train_sgd' else SUBSPACE
     for save_dir in (afile / 'sub', afile):
-        assert_user_error(cli.fail(script, *flags, '--save-dir', save_dir), '--save-dir', str(save_dir))
+        assert_one_line_error(cli.fail(script, *flags, '--save-dir', save_dir), '--save-dir', str(save_dir))
     assert afile.read_text() == 'not a folder'
 
 

@@ -1,9 +1,7 @@
 """The other subspace kinds (TWA, random, Fastfood) against independent numpy computations, P-SGD
 staying in start + span for every kind, the CLI's --subspace runs, and the sweep's table."""
 import json
-import os
 import shutil
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,15 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import dldr  # noqa: E402
-import models  # noqa: E402
-import sweep  # noqa: E402
-import utils  # noqa: E402
-from test_cli import SMALL, flat_snapshot, run, shared_sgd_run  # noqa: E402
+import dldr
+import models
+import sweep
+import utils
+from helpers import SMALL, flat_snapshot, run, shared_sgd_run
 
 F64 = torch.float64
 

@@ -12,13 +12,11 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from test_cli import CHILD_ENV, SMALL, assert_one_line_error, run  # noqa: E402
+from helpers import CHILD_ENV, SMALL, assert_one_line_error, run
 
-import engine  # noqa: E402
-import utils  # noqa: E402
+import flags
+import utils
 
 timm = pytest.importorskip('timm')
 
@@ -70,7 +68,9 @@ def test_cnn_and_vit_are_timms_models_with_its_normalisation():
     """utils.build_model / load_data against timm.create_model and timm's pretrained configs."""
     from timm.models import get_pretrained_cfg
     for name, kwargs in (('resnet10t', {}), (VIT, {'img_size': 32})):
-        args = engine.finish_args(engine.make_parser('', epochs=1, lr=0.1, lr_help='').parse_args(
+        parser = flags.common_parser('', epochs=1)
+        flags.add_sgd_args(parser)
+        args = flags.finish_sgd_args(parser.parse_args(
             ['--datasets', 'synthetic', '--arch', f'timm/{name}', '--smalldatasets', '0.01']))
         data = utils.load_data(args)
         cfg = get_pretrained_cfg(name)

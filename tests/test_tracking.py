@@ -21,13 +21,9 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import CHILD_ENV, ROOT, SMALL, assert_one_line_error, run
 
-from test_cli import CHILD_ENV, ROOT, SMALL, assert_one_line_error, run  # noqa: E402
-
-import engine  # noqa: E402
+import distributed
 
 SGD = ['--datasets', 'synthetic', '--arch', 'resnet8', '--epochs', '2', *SMALL]
 PSGD = ['--datasets', 'synthetic', '--arch', 'resnet8', '--epochs', '2', '--params_start', '0',
@@ -247,7 +243,7 @@ def test_missing_package_is_one_error_line(logger, tmp_path, monkeypatch, capsys
     import train_sgd
     monkeypatch.setitem(sys.modules, logger, None)  # import tensorboard / wandb now fails
     with pytest.raises(SystemExit) as exit_:
-        engine.run_cli(lambda: train_sgd.main([*SGD, '--save-dir', str(tmp_path / 'x'),
+        distributed.run_cli(lambda: train_sgd.main([*SGD, '--save-dir', str(tmp_path / 'x'),
                                                 '--logger', logger]))
     assert exit_.value.code == 2
     err = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Data, label noise, subsets, augmentation and snapshot files, checked against independent
 computations."""
+import argparse
 import json
 import os
 import pickle
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import flags
 import models
 import utils
 
@@ -42,9 +44,10 @@ def test_corrupt_labels_deterministic_and_seed_dependent():
     assert not torch.equal(a[1], c[1])
 
 
-def test_corrupt_labels_rejects_bad_fraction():
-    with pytest.raises(utils.UserError, match='corrupt'):
-        utils.corrupt_labels(torch.zeros(10, dtype=torch.long), 1.5, 10, seed=0)
+def test_corrupt_fraction_outside_unit_interval_is_refused_by_the_flag():
+    # (the flag's validator is the one check: corrupt_labels no longer repeats it)
+    with pytest.raises(argparse.ArgumentTypeError, match=r'\[0, 1\]'):
+        flags.unit_interval('1.5')
 
 
 def _args(**kw):

@@ -1,0 +1,211 @@
+"""Processes and their communication: the device, the process group under torchrun, the
+:class:`dldr.Comm` over it, the command-line wrapper and local process groups for tests.
+
+Launched by ``torchrun``, every process reads RANK / LOCAL_RANK / WORLD_SIZE from its environment,
+joins the process group (nccl on CUDA, gloo on the CPU) and uses cuda:LOCAL_RANK.
+``--batch-size`` is the global batch; each rank takes its share of every mini-batch
+(:class:`utils.DeviceLoader`).  Global rank 0 alone prints and writes files.
+
+Every collective of a run goes through :class:`DistComm` (``context.comm``); this module is the
+only one that calls ``torch.distributed`` (besides DDP in train_sgd.py, which is set up here too:
+its process group).  The collectives, by caller:
+
+* ``all_reduce_`` — ``dldr``: the d gradient coordinates of a P-SGD / P-BFGS step, P-BFGS's loss
+  and trial losses, the basis extraction's t x t / d x d partial sums;
+  ``engine.EpochMeter.result``: the epoch's loss and accuracy counts; ``engine.average_buffers_``:
+  the BatchNorm statistics; ``utils.count_skipped``: the unreadable-image masks (ImageFolder).
+* ``all_gather_`` — ``dldr``: the basis P, each rank's block of coordinates, once per run.
+* ``broadcast_`` — ``engine.broadcast_buffers_``: rank 0's BatchNorm buffers before an SGD
+  evaluation.
+* ``barrier`` — ``Context.barrier``: the save-dir checked before rank 0 writes; rank 0's files
+  complete before the others go on.
+* DDP (train_sgd.py): the gradient all-reduce and the buffer broadcast at every forward.
+"""
+import datetime
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+import dldr
+import seeds
+from utils import UserError
+
+
+class DistComm(dldr.Comm):
+    """:class:`dldr.Comm` over the default torch.distributed process group."""
+
+    def __init__(self):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_reduce_(self, tensor, op='mean'):
+        dist.all_reduce(tensor)  # SUM: ReduceOp.AVG exists on nccl only
+        if op == 'mean':
+            tensor.div_(self.world_size)
+        return tensor
+
+    def all_gather_(self, out, tensor):
+        dist.all_gather(out, tensor)
+
+    def barrier(self):
+        dist.barrier()
+
+    def broadcast_(self, tensor, src=0):
+        dist.broadcast(tensor, src)
+        return tensor
+
+
+@dataclass
+class Context:
+    """Where this process runs: device, rank and the communicator of its group."""
+    device: torch.device
+    comm: dldr.Comm = field(default_factory=dldr.Comm)
+
+    @property
+    def rank(self):
+        return self.comm.rank
+
+    @property
+    def world_size(self):
+        return self.comm.world_size
+
+    @property
+    def is_main(self):
+        return self.comm.rank == 0
+
+    def barrier(self):
+        self.comm.barrier()
+
+    def print(self, *args, **kwargs):
+        """``print`` on global rank 0 only (flushed: logs are read through ``tee``)."""
+        if self.is_main:
+            print(*args, **kwargs, flush=True)
+
+
+def pick_device(name=None, local_rank=0):
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as e:
+            raise UserError(f'bad --device {name!r}: {e}') from None
+        if device.type == 'cuda' and device.index is None:
+            device = torch.device('cuda', local_rank)
+        # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
+        if device.type == 'cuda' and not 0 <= device.index < torch.cuda.device_count():
+            raise UserError(f'--device {name}: torch sees {torch.cuda.device_count()} CUDA '
+                            f'device(s) here')
+        return device
+    return torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')
+
+
+def under_torchrun():
+    return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
+
+
+def setup(args):
+    """Device, process group (under torchrun) and seeds of this process."""
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    device = pick_device(args.device, local_rank)
+    context = Context(device)
+    if under_torchrun():
+        backend = args.dist_backend or ('nccl' if device.type == 'cuda' else 'gloo')
+        if backend == 'nccl' and device.type != 'cuda':
+            raise UserError(f'--dist-backend nccl needs CUDA devices, not {device}')
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.dist_timeout),
+                                device_id=device if backend == 'nccl' else None)
+        context.comm = DistComm()
+    if args.batch_size % context.world_size:
+        raise UserError(f'--batch-size {args.batch_size} (the global batch) must divide evenly '
+                        f'over the {context.world_size} ranks')
+    seeds.seed_process(args.randomseed, args.deterministic)
+    return context
+
+
+def run_cli(main):
+    """Run ``main()``: a :class:`UserError` becomes one ``error: ...`` line and exit status 2.
+
+    Under torchrun the same bad input usually fails on every rank at once: rank 0 reports it and
+    the other ranks wait a moment first (torchrun ends them as soon as one rank exits), so the
+    log shows it once; an error only one rank sees is reported by that rank, tagged with it.
+    """
+    try:
+        main()
+    except UserError as e:
+        rank = int(os.environ.get('RANK', 0)) if under_torchrun() else 0
+        if rank:
+            time.sleep(3)
+        print(f'error: {f"[rank {rank}] " if rank else ""}{e}', file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr, flush=True)
+        sys.exit(130)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Local process groups for tests and bench.py (the scripts are launched by torchrun).
+# ---------------------------------------------------------------------------------------------
+def spawn_local(fn, world_size, *args, timeout=120):
+    """Run ``fn(context, *args)`` in ``world_size`` fresh CPU processes (one thread each) joined
+    by gloo through a file:// rendezvous; returns their results in rank order.
+
+    ``fn`` must be importable (a module-level function) and its results picklable.  A rank that
+    raises makes this raise RuntimeError with its traceback; the other ranks are terminated
+    (they may be waiting in a collective), and nothing waits longer than ``timeout`` seconds.
+    """
+    import pickle
+    import queue as queue_module
+    import tempfile
+    import torch.multiprocessing as mp
+    spawn = mp.get_context('spawn')
+    with tempfile.TemporaryDirectory(prefix='dldr_spawn_') as folder:
+        results = spawn.Queue()
+        procs = [spawn.Process(target=_spawned_rank, daemon=True,
+                               args=(fn, rank, world_size, f'file://{folder}/rendezvous', timeout,
+                                     results, args)) for rank in range(world_size)]
+        for p in procs:
+            p.start()
+        out = {}
+        try:
+            deadline = time.monotonic() + timeout
+            while len(out) < world_size:
+                try:
+                    rank, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue_module.Empty:
+                    raise RuntimeError(f'spawn_local: no result from ranks '
+                                       f'{sorted(set(range(world_size)) - set(out))} within {timeout}s') from None
+                if not ok:
+                    raise RuntimeError(f'rank {rank} failed:\n{value}')
+                out[rank] = pickle.loads(value)
+        finally:
+            for p in procs:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.kill()
+    return [out[r] for r in range(world_size)]
+
+
+def _spawned_rank(fn, rank, world_size, init_method, timeout, results, args):
+    import pickle
+    import traceback
+    torch.set_num_threads(1)
+    try:
+        limit = datetime.timedelta(seconds=timeout)
+        dist.init_process_group('gloo', timeout=limit, init_method=init_method, rank=rank,
+                                world_size=world_size)
+        context = Context(torch.device('cpu'), comm=DistComm())
+        # plain pickle: tensors travel by value, not as shared memory of an exiting process
+        results.put((rank, True, pickle.dumps(fn(context, *args))))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

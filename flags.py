@@ -1,0 +1,270 @@
+"""Command lines of the three training scripts.
+
+Names, meanings and defaults follow the reference scripts; both the hyphenated and the
+underscored spellings of a flag are accepted (the reference used both).  Each script builds its
+parser from :func:`common_parser` plus its own group — :func:`add_sgd_args` (train_sgd.py) or
+:func:`add_subspace_args` (train_psgd.py, train_pbfgs.py) — so its ``--help`` lists only the
+flags it uses; a flag that a script accepts only so that the reference's command lines still run
+is added by :func:`add_ignored` and says so in ``--help``.  Then :func:`finish_sgd_args` or
+:func:`finish_subspace_args` make the checks no single ``type=`` can.
+"""
+import argparse
+
+import models
+import seeds
+import subspace_run as subspaces
+import tracking
+import utils
+from utils import UserError
+
+IGNORED = '(ignored: kept for the reference\'s command lines)'
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def unit_interval(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must lie in [0, 1], got {text}')
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {text}')
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error:`` line and exit status 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f'error: {message} (see --help)\n')
+
+    def format_help(self):
+        """The --arch choices per dataset family, filled in only when help is shown (listing
+        torchvision's models imports torchvision, seconds a script need not spend otherwise)."""
+        for action in self._actions:
+            if action.dest == 'arch':
+                action.help = (f'model architecture. CIFAR10/CIFAR100/MNIST/synthetic: '
+                               f'{", ".join(models.available_archs("cifar"))}. ImageNet (torchvision\'s '
+                               f'models, the class count from the folder): '
+                               f'{", ".join(models.available_archs("imagenet"))}. Any dataset: '
+                               f'timm/NAME, timm\'s model NAME (timm.list_models(); e.g. '
+                               f'timm/resnet10t, timm/vit_tiny_patch16_224), normalised as its '
+                               f'pretrained config says; a fixed-input-size model (a ViT) is built '
+                               f'for the data\'s image size: 32 for the in-memory datasets, '
+                               f'--image-size for ImageNet')
+        return super().format_help()
+
+
+def common_parser(description, *, epochs):
+    """The flags every training script uses."""
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a('--arch', '-a', metavar='ARCH', default='resnet20', help='model architecture (ours, '
+      'torchvision\'s or timm/NAME)')
+    a('--datasets', metavar='NAME', default='CIFAR10',
+      help='training data: ' + ', '.join(utils.DATASET_NAMES) + ' (synthetic: offline, generated in '
+           'memory; ImageNet: any ImageFolder tree, --data-dir/train and --data-dir/val with one '
+           'folder of images per class)')
+    a('--data-dir', '--data_dir', default='./data',
+      help='where datasets are read from (standard cifar-10-batches-py / cifar-100-python layout '
+           'read directly; ImageNet: train/ and val/ in the ImageFolder layout) and, except '
+           'ImageNet, downloaded to when absent')
+    a('--image-size', '--image_size', default=224, type=positive_int, metavar='S',
+      help='ImageNet: training crop RandomResizedCrop(S) + flip; evaluation Resize(S*256/224) + '
+           'CenterCrop(S)')
+    a('-j', '--workers', default=4, type=int, metavar='N',
+      help='ImageNet: DataLoader worker processes per rank decoding and augmenting the images '
+           '(0: in the training process); unused for the in-memory datasets, which are augmented '
+           'on the training device')
+    a('--epochs', default=epochs, type=nonnegative_int, metavar='N', help='number of epochs to run')
+    a('-b', '--batch-size', '--batch_size', default=128, type=positive_int, metavar='N',
+      help='mini-batch size: the global batch, split evenly over the ranks under torchrun')
+    a('--eval-batch-size', '--eval_batch_size', default=None, type=positive_int, metavar='N',
+      help='evaluation batch (default: 256 on the CPU, where larger batches fall out of cache; '
+           '1024 on CUDA)')
+    a('-p', '--print-freq', '--print_freq', default=50, type=nonnegative_int, metavar='N',
+      help='when stdout is not a terminal, print a progress line every N iterations (0: never); '
+           'on a terminal a progress bar is shown instead')
+    a('-e', '--evaluate', action='store_true', help='only evaluate the model on the test set')
+    a('--half', action='store_true', help='alias of --amp fp16 (the reference cast the model to fp16)')
+    a('--amp', default='off', choices=('off', 'bf16', 'fp16'),
+      help='mixed precision through autocast (fp16 adds a GradScaler on CUDA)')
+    a('--channels-last', '--channels_last', action='store_true',
+      help='use the channels_last memory format (faster convolutions on tensor-core GPUs)')
+    a('--save-dir', '--save_dir', default='save_temp', metavar='DIR',
+      help='directory of the trajectory, checkpoints, final models and metrics JSON')
+    a('--overwrite', action='store_true',
+      help='allow replacing results of an earlier run in --save-dir (refused otherwise)')
+    a('--randomseed', default=1, type=int, metavar='S',
+      help='seed of initialisation, data order, augmentation, label noise and subsets')
+    a('--deterministic', action='store_true',
+      help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
+    a('--corrupt', default=0.0, type=unit_interval, metavar='C',
+      help='label noise: exactly round(C*N) training labels replaced by a different random class')
+    a('--smalldatasets', default=None, type=fraction, metavar='P',
+      help='train on a seeded, class-balanced fraction P of the training set')
+    a('--device', default=None,
+      help='torch device (default: cuda if available, else cpu; under torchrun cuda:LOCAL_RANK)')
+    a('--dist-backend', '--dist_backend', default=None, choices=('nccl', 'gloo'),
+      help='torch.distributed backend under torchrun (default: nccl on CUDA, gloo on the CPU)')
+    a('--dist-timeout', '--dist_timeout', default=600, type=positive_int, metavar='S',
+      help='seconds a rank waits in a collective for the others before the job fails')
+    tracking.add_tracking_args(p)
+    return p
+
+
+def add_lr(p, default, help):
+    p.add_argument('--lr', '--learning-rate', '--learning_rate', default=default, type=float,
+                   metavar='LR', help=help)
+
+
+def add_momentum(p):
+    p.add_argument('--momentum', default=0.9, type=float, metavar='M', help='SGD momentum')
+
+
+def add_lr_milestones(p, default, default_help):
+    """``--lr-milestones`` (train_sgd.py, train_psgd.py): the epochs of the x0.1 decays."""
+    p.add_argument('--lr-milestones', '--lr_milestones', default=default, nargs='*',
+                   type=positive_int, metavar='E',
+                   help=f'epochs after which the learning rate is multiplied by 0.1 (default: '
+                        f'{default_help}; give none for a constant rate)')
+
+
+def add_ignored_lr(p):
+    """train_pbfgs.py's ``--lr``: accepted only so that the reference's command lines run
+    unchanged (its line search sets the step); the default is the value the JSON always held."""
+    p.add_argument('--lr', '--learning-rate', '--learning_rate', default=1.0, type=float,
+                   metavar='LR', help=f'the line search sets the step {IGNORED}')
+
+
+def add_sgd_args(p):
+    """Flags of the sampling run (train_sgd.py) only."""
+    g = p.add_argument_group('sampling run')
+    a = g.add_argument
+    a('--optimizer', default='sgd', choices=('sgd', 'adam'),
+      help='optimizer of the sampling run (adam uses lr 0.001 as the reference)')
+    a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
+      help='with --resume: the epoch to continue from (taken from the checkpoint, which overrides '
+           'it); without --resume only 0 is accepted')
+    a('--weight-decay', '--weight_decay', '--wd', default=1e-4, type=float, metavar='W',
+      help='weight decay')
+    a('--resume', default='', metavar='PATH',
+      help="resume from a full checkpoint of train_sgd.py ('auto': "
+           "<save-dir>/checkpoint.pt, or a new run when there is none yet): weights, BN buffers, optimizer, scheduler, RNG states, "
+           "epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
+           "reference's checkpoint_*.th / model.th: a dict with 'state_dict', 'module.' keys): only "
+           "the weights and BN buffers are restored from it, not optimizer, scheduler or epoch")
+    a('--pretrained', nargs='?', const=True, default=None, metavar='PATH',
+      help='start from these weights. Alone: torchvision\'s default ImageNet weights '
+           'of --arch, read from the local torch hub cache (<torch.hub.get_dir()>/checkpoints/; '
+           'never downloaded); for timm/NAME timm\'s weights from the local Hugging Face cache '
+           '(classifier re-initialised for the class count; never downloaded). PATH: a state_dict '
+           'or a checkpoint holding one under "state_dict" (the reference\'s) or "model" (ours), '
+           '"module." prefixes dropped')
+    a('--save-every', '--save_every', default=10, type=positive_int, metavar='N',
+      help='keep a numbered full checkpoint every N epochs (a rolling checkpoint.pt is written every epoch)')
+    a('--snapshot-every', '--snapshot_every', default=None, type=positive_int,
+      metavar='N', help='also write a snapshot every N iterations (the reference\'s '
+      'ImageNet run: 1000); snapshots are then numbered consecutively, not by epoch')
+
+
+def _train_start(text):
+    return text if text == 'mean' else nonnegative_int(text)
+
+
+def add_subspace_args(p, *, params_end=51):
+    """Flags of the subspace scripts (train_psgd.py, train_pbfgs.py)."""
+    g = p.add_argument_group('subspace')
+    a = g.add_argument
+    a('--n_components', '--n-components', default=None, type=positive_int, metavar='D',
+      help='dimension d of the subspace (default: ' + subspaces.default_dims_text() + ')')
+    a('--params_start', '--params-start', default=0, type=nonnegative_int, metavar='N',
+      help='first snapshot of the trajectory used for the basis; training starts from it '
+           '(see --train-start)')
+    a('--params_end', '--params-end', default=params_end, type=nonnegative_int, metavar='N',
+      help='end of the snapshot range (exclusive): snapshots params_start .. params_end-1')
+    a('--params-step', '--params_step', default=1, type=positive_int, metavar='K',
+      help='use every K-th snapshot of params_start..params_end-1 (the reference\'s ImageNet run: 2)')
+    a('--pretrain-dir', '--pretrain_dir', default=None, metavar='DIR',
+      help='directory holding the sampled trajectory (default: --save-dir)')
+    a('--subspace', default='dldr', choices=tuple(subspaces.KINDS),
+      help='; '.join(f'{k.name}: {k.help}' for k in subspaces.KINDS.values()))
+    a('--subspace-seed', '--subspace_seed', default=None, type=int, metavar='S',
+      help='seed of the ' + ', '.join(k for k, kind in subspaces.KINDS.items() if kind.seeded)
+           + ' subspaces (default: --randomseed)')
+    a('--train-start', '--train_start', default=None, type=_train_start, metavar='K|mean',
+      help='where training starts: snapshot K, or mean: the mean of snapshots params_start .. '
+           'params_end-1 with BatchNorm statistics re-estimated on the training set (default: '
+           'mean for ' + ', '.join(k for k, kind in subspaces.KINDS.items() if kind.starts_at_mean)
+           + ', params_start otherwise)')
+    a('--alpha', default=0.0, type=float, metavar='A',
+      help='weight of the residual momentum: the gradient part outside the subspace (0: off)')
+    a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
+    a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
+      help='device-memory bound of the streamed basis extraction')
+    a('--bn-update', '--bn_update', default=10, type=nonnegative_int, metavar='N',
+      help='re-estimate the BatchNorm running statistics on N training batches before each '
+           'evaluation and before saving the final model: N forward passes each time, training '
+           'itself is unchanged (0: off, as the reference: the running averages of training, '
+           'which lag the large early steps of short runs; docs/RESULTS.md)')
+
+
+def _finish_common(args):
+    if args.half:
+        args.amp = 'fp16'
+    if args.datasets not in utils.DATASET_NAMES:
+        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
+    family = utils.dataset_family(args.datasets)
+    if models.is_timm(args.arch):
+        try:
+            models.check_timm_arch(args.arch)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
+        raise UserError(f"unknown arch {args.arch!r} for {args.datasets}; valid: "
+                        f"{', '.join(models.available_archs(family))}")
+    return args
+
+
+def finish_sgd_args(args):
+    """train_sgd.py's checks no single ``type=`` can make, and the ``--half`` alias."""
+    if args.start_epoch and not args.resume:
+        # a fresh run numbers its snapshots from the initialisation (0.pt) and its schedule from
+        # epoch 0: a run that "starts at N" has neither; the checkpoint carries both
+        raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '
+                        f'checkpoint of train_sgd.py, whose epoch it then takes')
+    return _finish_common(args)
+
+
+def finish_subspace_args(args):
+    """The subspace scripts' checks no single ``type=`` can make, the ``--half`` alias, and the
+    defaults that depend on the subspace kind (d, seed, where training starts)."""
+    _finish_common(args)
+    if args.params_end <= args.params_start:
+        raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
+                        f'({args.params_start}): snapshots params_start..params_end-1 are used')
+    kind = subspaces.KINDS[args.subspace]
+    if args.n_components is None:
+        args.n_components = kind.dim(args)
+    if args.subspace_seed is None:
+        args.subspace_seed = seeds.seed('subspace', args.randomseed)
+    if args.train_start is None:
+        args.train_start = kind.default_start(args)
+    kind.check_dim(args)
+    return args

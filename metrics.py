@@ -1,0 +1,137 @@
+"""The one reader of the metrics files the training scripts write (``metrics_<tag>.json``,
+written by :class:`engine.RunRecord`): plot.py, sweep.py, run.sh's demo table and the tests read
+runs through here.
+
+    python metrics.py table runs/demo     # the table of every run in a folder (run.sh demo)
+
+A file has ``args`` (the flags), ``method`` (sgd, psgd, pbfgs), ``epochs`` (one row per epoch:
+epoch, train/test loss and accuracy, seconds, ...), ``final_test_acc``, ``best_test_acc``,
+``n_parameters``; a subspace run also ``basis`` (kind, n_components, snapshots, seed, start, ...);
+a sampling run ``snapshots`` (snapshot number -> epoch, step, iteration).  A completed run says
+``"finished": true``; files of before that key count as finished when they hold the run's
+``seconds`` (written only at the end).
+"""
+import glob
+import json
+import os
+import sys
+
+from utils import UserError
+
+METHOD_NAMES = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
+
+
+class Metrics(dict):
+    """A metrics file as its dict (``run['epochs']``, ...) plus typed accessors of what readers
+    derive from it, and ``path``, ``folder``, ``tag`` (the file name's ``metrics_<tag>.json``)."""
+
+    @property
+    def method(self):
+        return self['method']
+
+    @property
+    def finished(self):
+        return bool(self.get('finished', 'seconds' in self))
+
+    @property
+    def final_test_acc(self):
+        return self.get('final_test_acc')
+
+    @property
+    def kind(self):
+        """The subspace kind of a subspace run (files without one: dldr); None for SGD."""
+        basis = self.get('basis')
+        return (basis.get('kind') or 'dldr') if isinstance(basis, dict) else None
+
+    @property
+    def dim(self):
+        """The subspace dimension d (None for SGD)."""
+        if self.method == 'sgd':
+            return None
+        return (self.get('basis') or {}).get('n_components', self['args'].get('n_components'))
+
+    @property
+    def dimension(self):
+        """The number of trained parameters: d, or all of them for SGD."""
+        return self.dim if self.dim is not None else self.get('n_parameters')
+
+    @property
+    def seed(self):
+        args = self['args']
+        return args.get('subspace_seed', args.get('randomseed'))
+
+    @property
+    def snapshot_range(self):
+        """(start, end) of the trajectory a subspace run's basis came from, end exclusive."""
+        snaps = (self.get('basis') or {}).get('snapshots')
+        if snaps and len(snaps) == 2:
+            return int(snaps[0]), int(snaps[1])
+        return self['args'].get('params_start'), self['args'].get('params_end')
+
+
+def load(path):
+    """The metrics file at ``path`` as :class:`Metrics` (a one-line UserError when it is not one)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f'corrupt metrics file {path}: {e.msg} (line {e.lineno})') from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f'cannot read metrics file {path}: {e}') from None
+    if not (isinstance(data, dict) and isinstance(data.get('args'), dict)
+            and isinstance(data.get('epochs'), list)):
+        raise UserError(f'{path} is not a metrics file of the training scripts '
+                        f'(no "args" / "epochs")')
+    tag = os.path.basename(path)[len('metrics_'):-len('.json')]
+    run = Metrics(data)
+    run.update(path=path, folder=os.path.dirname(path), tag=tag)
+    run.setdefault('method', tag.split('_')[0])
+    return run
+
+
+def paths(folder):
+    """The metrics files of ``folder``, by name."""
+    return sorted(glob.glob(os.path.join(folder, 'metrics_*.json')))
+
+
+def finished(path):
+    """Whether ``path`` holds a completed run (False when absent)."""
+    return os.path.isfile(path) and load(path).finished
+
+
+def table(folder):
+    """The results table of every run in ``folder`` (oldest file first): method, dimension,
+    epochs, final and best test accuracy, final accuracy minus SGD's, seconds."""
+    runs = [load(p) for p in sorted(paths(folder), key=os.path.getmtime)]
+    rows = [(METHOD_NAMES.get(r.method, r.method.upper()), r.dimension, len(r['epochs']),
+             r.final_test_acc, r.get('best_test_acc'), r.get('seconds', 0)) for r in runs]
+    sgd_final = next((r[3] for r in rows if r[0] == 'SGD'), None)
+    lines = ['', f"{'method':8} {'dimension':>10} {'epochs':>6} {'final acc':>9} {'best acc':>9} "
+                 f"{'vs SGD':>7} {'seconds':>8}"]
+    for r in rows:
+        gap = f'{r[3] - sgd_final:+7.2f}' if sgd_final is not None else f"{'-':>7}"
+        lines.append(f'{r[0]:8} {r[1]:>10} {r[2]:>6} {r[3]:>9.2f} {r[4]:>9.2f} {gap} {r[5]:>8.0f}')
+    lines.append('(vs SGD: final accuracy minus the SGD run\'s final accuracy, in points)')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    import flags  # (the training scripts' one-line errors; imports torch)
+    p = flags.Parser(description=__doc__.split('\n\n')[0])
+    sub = p.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    t = sub.add_parser('table', help='the results table of every run in a folder')
+    t.add_argument('folder', metavar='DIR', help='a --save-dir of the training scripts')
+    f = sub.add_parser('finished', help='exit status 0 when the run of a metrics file has finished, '
+                                        '1 when it is absent or unfinished (run.sh skips finished steps)')
+    f.add_argument('path', metavar='FILE', help='a metrics_*.json')
+    args = p.parse_args(argv)
+    if args.command == 'finished':
+        sys.exit(0 if finished(args.path) else 1)
+    if not os.path.isdir(args.folder):
+        raise UserError(f'no such folder: {args.folder}')
+    print(table(args.folder))
+
+
+if __name__ == '__main__':
+    import distributed
+    distributed.run_cli(main)

@@ -1,0 +1,287 @@
+"""The subspace runs (train_psgd.py, train_pbfgs.py): the table of subspace kinds, the basis of a
+trajectory, the run's set-up, its evaluation, its end, and ``--evaluate`` of a finished run.
+
+Everything that differs between the kinds of ``--subspace`` is one row of :data:`KINDS`: how the
+basis is built, the default and the largest d, where training starts by default, whether a seed
+matters, whether P-BFGS can use it.  The scripts, flags.py, sweep.py and plot.py ask the table.
+"""
+import os
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable
+
+import numpy as np
+import torch
+
+import dldr
+import distributed
+import engine
+import seeds
+import utils
+from distributed import Context
+from utils import UserError
+
+
+# ---------------------------------------------------------------------------------------------
+# The kinds of subspace.
+# ---------------------------------------------------------------------------------------------
+
+def _dldr(trajectory, d, n, seed, device, memory, comm):
+    basis = dldr.dldr_basis(trajectory, d, device=device, max_bytes=memory, comm=comm)
+    ratio = basis.explained_variance_ratio.tolist()
+    return dldr.DenseSubspace(basis.P), {
+        'explained_variance_ratio': ratio, 'cumulative_explained_variance': np.cumsum(ratio).tolist(),
+        'singular_values': basis.singular_values.tolist()}
+
+
+def _twa(trajectory, d, n, seed, device, memory, comm):
+    return dldr.DenseSubspace(dldr.twa_basis(trajectory, d, device=device, max_bytes=memory,
+                                             comm=comm)), {}
+
+
+def _random(trajectory, d, n, seed, device, memory, comm):
+    return dldr.DenseSubspace(dldr.random_basis(d, n, seed, device=device, max_bytes=memory,
+                                                comm=comm)), {}
+
+
+def _fastfood(trajectory, d, n, seed, device, memory, comm):
+    return dldr.FastfoodSubspace(d, n, seed, device), {}
+
+
+def _redrawn(trajectory, d, n, seed, device, memory, comm):
+    return dldr.RedrawnSubspace(lambda s: dldr.FastfoodSubspace(d, n, s, device), d, n, seed), {}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One ``--subspace`` kind.
+
+    ``build(trajectory, d, n, seed, device, max_bytes, comm)`` returns the :class:`dldr.Subspace`
+    and the extra entries of the run's ``basis`` JSON.  ``max_dim(t)``: the largest d a trajectory
+    of t snapshots allows (None: any), ``too_large``: why, formatted with d, t, first, last, every.
+    ``paper``: the paper's own kind (file names and messages without the kind's name).
+    ``pbfgs_refusal``: why P-BFGS cannot use it (None: it can)."""
+    name: str
+    help: str
+    build: Callable
+    default_dim: int | None  # None: the number of snapshots
+    max_dim: Callable[[int], int] | None = None
+    too_large: str = ''
+    starts_at_mean: bool = False
+    seeded: bool = False
+    paper: bool = False
+    pbfgs_refusal: str | None = None
+
+    def dim(self, args):
+        """``--n_components`` unless given."""
+        return self.default_dim or len(snapshot_numbers(args))
+
+    def default_start(self, args):
+        """``--train-start`` unless given: the mean of the snapshots, or the first of them."""
+        return 'mean' if self.starts_at_mean else args.params_start
+
+    def check_dim(self, args):
+        numbers = snapshot_numbers(args)
+        t = len(numbers)
+        if self.max_dim is not None and args.n_components > self.max_dim(t):
+            every = f', step {args.params_step}' if args.params_step > 1 else ''
+            raise UserError(self.too_large.format(d=args.n_components, t=t, first=args.params_start,
+                                                  last=args.params_end - 1, every=every))
+
+    def describe(self):
+        """``'random '`` in messages and names, ``''`` for the paper's kind."""
+        return '' if self.paper else self.name + ' '
+
+
+KINDS = MappingProxyType({k.name: k for k in (
+    Kind('dldr', 'top-d principal directions of the centred snapshots (the paper)', _dldr,
+         default_dim=40, max_dim=lambda t: t - 1, paper=True,
+         too_large='--n_components {d} must be smaller than the number of snapshots ({t}: '
+                   '{first}..{last}{every}): a centred trajectory of t snapshots has rank <= t-1'),
+    Kind('twa', 'orthonormal basis of the raw snapshots in order (Trainable Weight Averaging; '
+                'starts at their mean)', _twa,
+         default_dim=None, max_dim=lambda t: t, starts_at_mean=True,
+         too_large='--n_components {d} must not exceed the number of snapshots ({t}{every}) with '
+                   '--subspace twa: their span has dimension <= {t}'),
+    Kind('random', 'a seeded random subspace', _random, default_dim=40, seeded=True),
+    Kind('fastfood', 'a seeded structured random map (Le et al. 2013, O(n) memory)', _fastfood,
+         default_dim=40, seeded=True),
+    Kind('redrawn', 'a new Fastfood random subspace at every step (Gressmann et al. 2020; P-SGD '
+                    'only)', _redrawn, default_dim=40, seeded=True,
+         pbfgs_refusal='--subspace redrawn changes the basis at every step; P-BFGS keeps '
+                       'curvature in one fixed basis: use train_psgd.py for it'),
+)})
+
+
+def default_dims_text():
+    """The default d of every kind, for ``--help``: '40; twa: the number of snapshots'."""
+    usual = max({k.default_dim for k in KINDS.values()} - {None})
+    return str(usual) + ''.join(f'; {k.name}: the number of snapshots' if k.default_dim is None
+                                else f'; {k.name}: {k.default_dim}' for k in KINDS.values()
+                                if k.default_dim != usual)
+
+
+def snapshot_numbers(args):
+    """The snapshots of a subspace run's basis."""
+    return range(args.params_start, args.params_end, args.params_step)
+
+
+def subspace_tag(method, args):
+    """File-name stem of a subspace run's outputs: ``pbfgs_d40_0-81`` for DLDR (the reference's
+    names), ``psgd_twa_d40_0-81``, ``psgd_random_s3_d40_0-81`` (kind, and seed where it matters),
+    plus ``_step<K>`` with ``--params-step K`` and ``_mean`` or ``_from<K>`` for a --train-start
+    other than the kind's default."""
+    kind = KINDS[args.subspace]
+    seed = f'_s{args.subspace_seed}' if kind.seeded else ''
+    tag = (method if kind.paper else f'{method}_{kind.name}{seed}') + \
+        f'_d{args.n_components}_{args.params_start}-{args.params_end}'
+    if args.params_step > 1:
+        tag += f'_step{args.params_step}'
+    if args.train_start != kind.default_start(args):
+        tag += '_mean' if args.train_start == 'mean' else f'_from{args.train_start}'
+    return tag
+
+
+def build_subspace(args, model, context):
+    """The ``--subspace`` of the trajectory ``params_start .. params_end-1``, streamed from disk
+    onto the device (each rank streaming its block of coordinates); then ``model`` is set to the
+    ``--train-start``: snapshot K (weights and BN buffers), or the snapshots' mean (weights; the
+    caller re-estimates the BN statistics).
+
+    Returns the :class:`dldr.Subspace` and the ``basis`` entry of the run's JSON.
+    """
+    folder = args.pretrain_dir or args.save_dir
+    kind, d, t = KINDS[args.subspace], args.n_components, len(snapshot_numbers(args))
+    trajectory = utils.open_trajectory(folder, args.params_start, args.params_end, model,
+                                       args.params_step)
+    n, memory, comm = len(trajectory[0]), args.basis_memory * 2**20, context.comm
+    info = {'kind': kind.name, 'seed': args.subspace_seed if kind.seeded else None,
+            'snapshots': [args.params_start, args.params_end], 'step': args.params_step,
+            'used': list(snapshot_numbers(args)), 'folder': folder, 'start': args.train_start,
+            'n_components': d}
+    start = time.time()
+    try:
+        subspace, extra = kind.build(trajectory, d, n, args.subspace_seed, context.device, memory, comm)
+    except ValueError as e:
+        raise UserError(f'{kind.describe()}basis of {folder}/{args.params_start}..'
+                        f'{args.params_end - 1}.pt: {e}') from None
+    info.update(extra)
+    info['seconds'] = time.time() - start
+    if args.train_start == 'mean':
+        utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
+        dldr.set_flat_params_(dldr.trainable_params(model),
+                              dldr.snapshot_mean(trajectory, device=context.device, max_bytes=memory))
+    else:
+        utils.load_snapshot(utils.snapshot_path(folder, args.train_start), model)
+    where = 'the mean' if args.train_start == 'mean' else f'snapshot {args.train_start}'
+    seed = f', seed {info["seed"]}' if info['seed'] is not None else ''
+    ranks = f' x {context.world_size} ranks' if context.world_size > 1 else ''
+    every = f', step {args.params_step}' if args.params_step > 1 else ''
+    context.print(f'basis: {kind.name}, {t} snapshots {args.params_start}..{args.params_end - 1}{every} of '
+                  f'{folder}, {n} parameters -> d = {d}{seed}, {info["seconds"]:.1f}s on '
+                  f'{context.device}{ranks}; training starts at {where}')
+    if 'explained_variance_ratio' in info:
+        context.print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in
+                                                              info['explained_variance_ratio']))
+        context.print('cumulative:               ' + ' '.join(f'{c:.4f}' for c in
+                                                              info['cumulative_explained_variance']))
+    return subspace, info
+
+
+# ---------------------------------------------------------------------------------------------
+# A subspace run.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SubspaceRun:
+    """What a subspace script trains with: set up by :func:`prepare`."""
+    args: object  # the parsed flags
+    context: Context
+    data: object  # utils.Dataset or utils.FolderData
+    model: torch.nn.Module
+    subspace: dldr.Subspace | None
+    record: engine.RunRecord | None
+    train_loader: object
+    test_loader: object
+    bn_loader: object  # the training data in an order of its own (None without --bn-update)
+    model_path: str
+    metrics_path: str
+
+    @property
+    def loaders(self):
+        return self.train_loader, self.test_loader, self.bn_loader
+
+    def evaluate(self, epoch):
+        """BatchNorm statistics averaged over the ranks (re-estimated first with
+        ``--bn-update``), then the sharded test evaluation.  Returns (:class:`engine.Scores`,
+        seconds)."""
+        args, t0 = self.args, time.time()
+        if args.bn_update:
+            self.bn_loader.generator.manual_seed(seeds.seed('bn_order', args.randomseed, epoch=epoch))
+            engine.update_bn(self.model, self.bn_loader, args.bn_update, self.context, args.amp)
+        else:
+            engine.average_buffers_(self.model, self.context.comm)
+        scores = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
+        return scores, time.time() - t0
+
+    def finish(self, start):
+        """Save the final model (rank 0) and metrics and print where they are."""
+        if self.context.is_main:
+            utils.save_tensors(self.model.state_dict(), self.model_path)
+        self.record.finish(time.time() - start)
+        self.context.barrier()
+        self.context.print(f'final test acc {self.record.data["final_test_acc"]}  best '
+                           f'{self.record.data["best_test_acc"]}  ({time.time() - start:.0f}s)')
+        self.context.print(f'model: {self.model_path}; metrics: {self.metrics_path}')
+
+
+def _set_up(args, method):
+    """Device and process group, save-dir, data, model, loaders (no basis, no record)."""
+    context = distributed.setup(args)
+    utils.prepare_save_dir(args.save_dir)
+    tag = subspace_tag(method, args)
+    model_path = os.path.join(args.save_dir, f'{tag}.pt')
+    metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
+    if not args.evaluate:
+        utils.refuse_overwrite([model_path, metrics_path], args)
+    data = utils.load_data(args)
+    model = utils.build_model(args, data, context.device)
+    generator = seeds.generator('data', args.randomseed)
+    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    # BatchNorm re-estimation reads the training data in its own order (the training order is
+    # untouched), through the training loader's data: no second copy, no second worker pool
+    bn_loader = train_loader.with_generator(torch.Generator()) if args.bn_update else None
+    return SubspaceRun(args, context, data, model, None, None, train_loader, test_loader,
+                       bn_loader, model_path, metrics_path)
+
+
+def evaluate_saved(args, method):
+    """``--evaluate``: the run's saved final model (not rewritten), BN re-estimated as after the
+    last epoch."""
+    run = _set_up(args, method)
+    utils.load_snapshot(run.model_path, run.model)
+    scores, _ = run.evaluate(args.epochs - 1)
+    run.context.print(f'{run.model_path}: test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
+                      + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
+                      + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
+                         if args.bn_update else ''))
+
+
+def prepare(args, method):
+    """Shared start of the subspace scripts: checks, device and process group, data, model,
+    basis, the model at ``--train-start``, loaders and the run record."""
+    run = _set_up(args, method)
+    context, model = run.context, run.model
+    run.subspace, info = build_subspace(args, model, context)
+    if context.rank:  # dropout masks of its own (all ranks were seeded alike for the same init)
+        torch.manual_seed(seeds.seed('rank_dropout', args.randomseed, rank=context.rank))
+    if args.train_start == 'mean':  # the averaged weights get their own BN statistics, as in TWA
+        loader = run.train_loader.with_generator(seeds.generator('bn_mean_start', args.randomseed))
+        engine.update_bn(model, loader, len(loader), context, args.amp)
+    data = run.data
+    run.record = engine.RunRecord(
+        run.metrics_path, args, context, method=method, basis=info,
+        n_parameters=sum(p.numel() for p in model.parameters()), n_train=len(data.train_y),
+        n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
+    return run

@@ -1,0 +1,101 @@
+"""What several test files share: the small reference command lines, running a script in a
+fresh interpreter or in-process, the shared SGD trajectory, and the checks of a user error."""
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import distributed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Small sizes: 500 training images, a few mini-batches per epoch, no progress lines.
+SMALL = ['--smalldatasets', '0.05', '-p', '0']
+# The reference SGD command (+ small sizes, --deterministic for bit-exact resumes).
+SGD_ARGS = ['--datasets', 'synthetic', '--lr', '0.1', '--corrupt', '0.2', '--arch=resnet8',
+            '--epochs=2', '--deterministic', *SMALL]
+PSGD_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '1', '--corrupt', '0.2',
+             '--params_start', '0', '--params_end', '3', '--batch-size', '128', '--n_components', '2',
+             '--arch=resnet8', *SMALL]
+PBFGS_ARGS = ['--epochs', '1', '--datasets', 'synthetic', '--corrupt', '0.2', '--params_start', '0',
+              '--params_end', '3', '--batch-size', '256', '--n_components', '2', '--arch=resnet8', *SMALL]
+
+
+# One intra-op thread per child: on 2 cores two children can then run side by side, and an
+# oversubscribed OpenMP pool spins (2-thread runs cost twice the CPU time here).  The same in
+# every child, so runs that must agree bit for bit use the same kernels.
+CHILD_ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+
+def start(script, *args, **kwargs):
+    """``subprocess.Popen`` of ``script`` (a file in the repository root) in a fresh interpreter."""
+    return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
+                            **kwargs)
+
+
+def run(script, *args, timeout=300):
+    """Run ``script`` with ``args`` to completion; returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def shared_sgd_run(tmp_path_factory):
+    """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
+
+    The session fixture ``sgd_run`` (conftest.py) returns it; the first test that asks trains,
+    the others reuse the folder.  Callers must not write into it (copy it).
+    """
+    key = hashlib.sha1(' '.join(SGD_ARGS).encode()).hexdigest()[:10]
+    folder = tmp_path_factory.getbasetemp() / f'shared_sgd_{key}'
+    done = folder.with_name(folder.name + '.done.json')
+    if not done.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}')
+        assert proc.returncode == 0, proc.stderr
+        done.write_text(json.dumps({'stdout': proc.stdout, 'stderr': proc.stderr}))
+    return folder, json.loads(done.read_text())
+
+
+def file_state(folder):
+    """{name: sha1 of the bytes} of every file in ``folder``: to show nothing changed."""
+    return {name: hashlib.sha1((folder / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(folder)) if (folder / name).is_file()}
+
+
+def assert_one_line_error(result, *fragments):
+    """A user error as the house rules want it: exit status 2, no traceback, stderr one ``error:``
+    line holding every fragment.  ``result``: a CompletedProcess, or (exit code, stdout, stderr)
+    of an in-process run (:func:`in_process`)."""
+    code, err = (result[0], result[2]) if isinstance(result, tuple) else (result.returncode, result.stderr)
+    assert code == 2, (code, err)
+    assert 'Traceback' not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def in_process(capsys, script, *argv):
+    """``script.main(argv)`` under distributed.run_cli: (exit code, stdout, stderr)."""
+    module = importlib.import_module(script)
+    capsys.readouterr()
+    try:
+        distributed.run_cli(lambda: module.main([str(a) for a in argv]))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def flat_snapshot(path, model):
+    """Trainable parameters of a snapshot file, flattened in named_parameters() order (float64)."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    return np.concatenate([state[name].double().reshape(-1).numpy()
+                           for name, p in model.named_parameters() if p.requires_grad])
