@@ -202,7 +202,7 @@ def load_data(args):
         data = read_mnist(args.data_dir)
     else:  # CIFAR10, CIFAR100: the flags admit nothing else (flags.py)
         data = read_cifar(args.data_dir, args.datasets)
-    if models.is_timm(args.arch):  # the normalisation timm's pretrained weights of the model expect
+    if models.is_timm(getattr(args, 'arch', '')):  # the normalisation timm's pretrained weights expect
         norm = models.timm_normalisation(args.arch)
         if norm is not None and len(norm[0]) == data.channels:
             data.mean, data.std = norm

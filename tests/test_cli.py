@@ -168,8 +168,10 @@ def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
     assert err == '' and out.startswith('usage:')
     flags = parser_flags(script, monkeypatch)
     expected = REFERENCE_FLAGS | (SUBSPACE_FLAGS if script != 'train_sgd' else SGD_FLAGS)
-    expected |= {'--accumulate'} if script == 'train_pbfgs' else set()
+    expected |= {'--accumulate', '--curvature-pairs'} if script == 'train_pbfgs' else set()
+    expected |= {'--logger', '--log-dir', '--wandb-project', '--log-every'}  # tracking.py
     assert expected <= flags, expected - flags
+    assert 'timm/NAME' in out  # --arch takes timm's models too
     if script != 'train_sgd':  # each script lists only the flags it uses
         assert not SGD_FLAGS & flags, SGD_FLAGS & flags
     if script == 'train_pbfgs':  # kept for the reference's command lines, and says so

@@ -126,8 +126,3 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     start = torch.load(tmp_path / 'file' / '0.pt', map_location='cpu', weights_only=True)
     assert start.keys() == mine.keys() and all(torch.equal(start[k], mine[k]) for k in mine)
 
-
-def test_help_says_timm_names_are_accepted():
-    for script in ('train_sgd.py', 'train_psgd.py', 'train_pbfgs.py'):
-        proc = run(script, '--help')
-        assert proc.returncode == 0 and 'timm/NAME' in proc.stdout, script
