@@ -18,6 +18,8 @@ import utils
 from utils import UserError
 
 IGNORED = '(ignored: kept for the reference\'s command lines)'
+BN_UPDATE_IMAGES = 2048
+"""--bn-update's default, in images: as accurate as 10,240 on CIFAR-10 (docs/RESULTS.md)."""
 
 
 def positive_int(text):
@@ -218,11 +220,12 @@ def add_subspace_args(p, *, params_end=51):
     a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
     a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
       help='device-memory bound of the streamed basis extraction')
-    a('--bn-update', '--bn_update', default=10, type=nonnegative_int, metavar='N',
-      help='re-estimate the BatchNorm running statistics on N training batches before each '
-           'evaluation and before saving the final model: N forward passes each time, training '
-           'itself is unchanged (0: off, as the reference: the running averages of training, '
-           'which lag the large early steps of short runs; docs/RESULTS.md)')
+    a('--bn-update', '--bn_update', default=None, type=nonnegative_int, metavar='N',
+      help=f're-estimate the BatchNorm running statistics on N training batches before each '
+           f'evaluation and before saving the final model: N forward passes each time, training '
+           f'itself is unchanged (default: the batches that make {BN_UPDATE_IMAGES} images, e.g. '
+           f'16 of 128 or 2 of 1024; 0: off, as the reference: the running averages of training, '
+           f'which lag the large early steps of short runs; docs/RESULTS.md measures both)')
 
 
 def _finish_common(args):
@@ -266,5 +269,7 @@ def finish_subspace_args(args):
         args.subspace_seed = seeds.seed('subspace', args.randomseed)
     if args.train_start is None:
         args.train_start = kind.default_start(args)
+    if args.bn_update is None:  # sized in images, not batches: 10 batches of 1024 cost 5x more
+        args.bn_update = -(-BN_UPDATE_IMAGES // args.batch_size)
     kind.check_dim(args)
     return args

@@ -179,3 +179,15 @@ def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
         assert "(ignored: kept for the reference's command lines)" in ' '.join(out.split())
     missing = [f for f in flags if f not in out]
     assert not missing, missing
+
+
+def test_bn_update_default_is_sized_in_images():
+    """--bn-update's default: ceil(BN_UPDATE_IMAGES / batch) batches; an explicit N is kept."""
+    import flags
+    import train_psgd
+    base = ['--datasets', 'synthetic', '--params_start', '0', '--params_end', '3']
+    for batch, expected in ((128, 16), (1024, 2), (1000, 3), (4096, 1)):
+        args = train_psgd.parse_args([*base, '--batch-size', str(batch)])
+        assert args.bn_update == expected == -(-flags.BN_UPDATE_IMAGES // batch)
+    assert train_psgd.parse_args([*base, '--bn-update', '3']).bn_update == 3
+    assert train_psgd.parse_args([*base, '--bn-update', '0']).bn_update == 0
