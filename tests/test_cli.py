@@ -185,7 +185,7 @@ def test_bn_update_default_is_sized_in_images():
     """--bn-update's default: ceil(BN_UPDATE_IMAGES / batch) batches; an explicit N is kept."""
     import flags
     import train_psgd
-    base = ['--datasets', 'synthetic', '--params_start', '0', '--params_end', '3']
+    base = ['--datasets', 'synthetic', '--params_start', '0', '--params_end', '3', '--n_components', '2']
     for batch, expected in ((128, 16), (1024, 2), (1000, 3), (4096, 1)):
         args = train_psgd.parse_args([*base, '--batch-size', str(batch)])
         assert args.bn_update == expected == -(-flags.BN_UPDATE_IMAGES // batch)
