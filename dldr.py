@@ -829,7 +829,7 @@ class PBFGS(torch.optim.Optimizer):
             loss = closure()
         grad = flat_grad(self._params)
         local_coords = subspace.coords(grad)
-        captured = local_coords.double().square().sum() / grad.double().square().sum()
+        captured = local_coords.double().square().sum() / torch.dot(grad, grad).double()  # no n-copy
         # One message per step: the d gradient coordinates and the loss, averaged over the ranks.
         packed = self.comm.all_reduce_(torch.cat((local_coords, _loss_tensor(loss, grad.device))))
         coords32, f = packed[:-1], packed[-1].double()

@@ -65,7 +65,10 @@ def basis_method(method, folder, t, d, model, device, max_bytes=None):
             w -= w.mean(axis=0, keepdims=True)
             return np.linalg.svd(w, full_matrices=False)[2][:d]
     elif method == 'pca' and sklearn_available():
-        from sklearn.decomposition import PCA  # probed by find_spec above: optional
+        try:  # optional (not in requirements.txt), probed by find_spec above
+            from sklearn.decomposition import PCA
+        except ImportError:
+            raise SystemExit('the PCA baseline needs scikit-learn') from None
         names = param_names(model)
 
         def run():
