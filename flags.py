@@ -119,6 +119,9 @@ def common_parser(description, *, epochs):
       help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
     a('--corrupt', default=0.0, type=unit_interval, metavar='C',
       help='label noise: exactly round(C*N) training labels replaced by a different random class')
+    a('--no-augment', '--no_augment', dest='augment', action='store_false',
+      help='train on the images as they are: no random crop or flip (label-noise studies: '
+           'memorisation of wrong labels shows within a short schedule)')
     a('--smalldatasets', default=None, type=fraction, metavar='P',
       help='train on a seeded, class-balanced fraction P of the training set')
     a('--device', default=None,

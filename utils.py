@@ -250,6 +250,8 @@ class DeviceLoader:
     crops, flips) come from ``generator`` (a CPU generator) at the start of the epoch, so saving its
     state at an epoch boundary makes resumed runs identical.
 
+    ``augment=False`` skips the crop and flip (the order is still shuffled).
+
     Several ranks (``rank`` of ``world_size``): every rank draws the same order, crops and flips
     from the same generator state, cuts the same global batches of ``batch_size`` and takes its
     contiguous ``batch_size / world_size`` share of each, so together the ranks see exactly the
@@ -260,7 +262,7 @@ class DeviceLoader:
     """
 
     def __init__(self, x, y, batch_size, mean, std, device, *, train, generator=None,
-                 channels_last=False, rank=0, world_size=1):
+                 channels_last=False, rank=0, world_size=1, augment=True):
         if train:
             self.x, self.y = x.to(device), y.to(device)
         else:
@@ -269,6 +271,7 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.device = device
         self.train = train
+        self.augment = augment
         self.generator = generator
         self.rank, self.world_size = (rank, world_size) if train else (0, 1)
         self._normalise = Normalise(mean, std, device, channels_last)
@@ -292,6 +295,10 @@ class DeviceLoader:
             return
         g = self.generator
         order = torch.randperm(n, generator=g).to(self.device, non_blocking=True)
+        if not self.augment:
+            for i, j in rank_shares(n, self.batch_size, self.rank, self.world_size):
+                yield self._normalise(self.x[order[i:j]]), self.y[order[i:j]]
+            return
         shifts = torch.randint(0, 9, (n, 2), generator=g).to(self.device, non_blocking=True)
         flips = torch.rand(n, generator=g).lt(0.5).to(self.device, non_blocking=True)
         size = self.x.shape[-1]
@@ -320,7 +327,7 @@ def make_loaders(data, args, context, generator):
     for in-memory data, :class:`FolderLoader` for ImageFolder data."""
     device, rank, world = context.device, context.rank, context.world_size
     if isinstance(data, FolderData):
-        train_t, test_t = folder_transforms(data.image_size)
+        train_t, test_t = folder_transforms(data.image_size, args.augment)
         common = dict(mean=data.mean, std=data.std, device=device, workers=args.workers,
                       channels_last=args.channels_last, rank=rank, world_size=world)
         return (FolderLoader(ImageFiles(data.train_paths, data.train_y, train_t), args.batch_size,
@@ -329,7 +336,7 @@ def make_loaders(data, args, context, generator):
                              eval_batch_size(args, device), train=False, **common))
     train = DeviceLoader(data.train_x, data.train_y, args.batch_size, data.mean, data.std, device,
                          train=True, generator=generator, channels_last=args.channels_last,
-                         rank=rank, world_size=world)
+                         rank=rank, world_size=world, augment=args.augment)
     test = DeviceLoader(data.test_x, data.test_y, eval_batch_size(args, device), data.mean,
                         data.std, device, train=False, channels_last=args.channels_last,
                         rank=rank, world_size=world)
@@ -400,14 +407,14 @@ def read_image_folder(root, image_size):
     return FolderData('ImageNet', classes, train_paths, train_y, test_paths, test_y, image_size)
 
 
-def folder_transforms(size):
+def folder_transforms(size, augment=True):
     """The reference's ImageNet transforms at ``size`` (224: RandomResizedCrop(224) + flip for
     training, Resize(256) + CenterCrop(224) for evaluation), ending in uint8 tensors: the loader
-    normalises on the device."""
+    normalises on the device.  ``augment=False``: training images transformed as the test ones."""
     from torchvision import transforms as T
     train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
     test = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.PILToTensor()])
-    return train, test
+    return (train if augment else test), test
 
 
 class ImageFiles(torch.utils.data.Dataset):
