@@ -14,7 +14,12 @@ its process group).  The collectives, by caller:
   and trial losses, the basis extraction's t x t / d x d partial sums;
   ``engine.EpochMeter.result``: the epoch's loss and accuracy counts; ``engine.average_buffers_``:
   the BatchNorm statistics; ``utils.count_skipped``: the unreadable-image masks (ImageFolder).
-* ``all_gather_`` — ``dldr``: the basis P, each rank's block of coordinates, once per run.
+* ``all_gather_`` — ``dldr``: the basis P, each rank's block of coordinates, once per run;
+  with a sharded basis (``--shard-basis``, ``dldr.CompactSubspace.lift``) each rank's block of
+  the lifted update P^T c at every P-SGD / P-BFGS step.
+* ``reduce_scatter_`` — ``dldr.CompactSubspace.coords`` (``--shard-basis`` only): each rank's
+  block of the summed gradient at every P-SGD / P-BFGS step (gloo and nccl both offer
+  ``reduce_scatter``).
 * ``broadcast_`` — ``engine.broadcast_buffers_``: rank 0's BatchNorm buffers before an SGD
   evaluation.
 * ``barrier`` — ``Context.barrier``: the save-dir checked before rank 0 writes; rank 0's files
@@ -50,6 +55,12 @@ class DistComm(dldr.Comm):
 
     def all_gather_(self, out, tensor):
         dist.all_gather(out, tensor)
+
+    def reduce_scatter_(self, out, inputs, op='sum'):
+        dist.reduce_scatter(out, list(inputs))  # SUM (as all_reduce_)
+        if op == 'mean':
+            out.div_(self.world_size)
+        return out
 
     def barrier(self):
         dist.barrier()

@@ -45,9 +45,10 @@ RANK_RTOL = 1e-10
 class Comm:
     """Collectives of a group of data-parallel ranks; this base class is one process alone.
 
-    Everything the method communicates passes through :meth:`all_reduce_` and
-    :meth:`all_gather_` (the run plumbing also uses :meth:`barrier` and :meth:`broadcast_`): wrap
-    them to count or log the traffic.
+    Everything the method communicates passes through :meth:`all_reduce_`, :meth:`all_gather_`
+    and :meth:`reduce_scatter_` (the last only with a sharded basis, :class:`CompactSubspace`; the
+    run plumbing also uses :meth:`barrier` and :meth:`broadcast_`): wrap them to count or log the
+    traffic.
     """
 
     rank = 0
@@ -60,6 +61,11 @@ class Comm:
     def all_gather_(self, out: list[Tensor], tensor: Tensor) -> None:
         """Copy every rank's ``tensor`` (equal shapes) into ``out[rank]``."""
         out[0].copy_(tensor)
+
+    def reduce_scatter_(self, out: Tensor, inputs: list[Tensor], op: str = 'sum') -> Tensor:
+        """Reduce every rank's ``inputs[r]`` (``world_size`` tensors of ``out``'s shape) over the
+        ranks (``op``: 'sum' or 'mean') into rank r's ``out``; return ``out``."""
+        return out.copy_(inputs[0])
 
     def barrier(self) -> None:
         """Wait until every rank has arrived here."""
@@ -230,9 +236,10 @@ def _stream_gram(block_of, t: int, ranges, device: torch.device, comm: Comm) -> 
 
 
 def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
-                      device: torch.device, comm: Comm) -> Tensor:
+                      device: torch.device, comm: Comm, gather: bool = True) -> Tensor:
     """Pass 2: the d x n float32 matrix with columns [a, b) = ``rows_of(a, b)`` (d x (b - a)),
-    its rows re-orthonormalised, gathered from every rank's ``shard``.
+    its rows re-orthonormalised, gathered from every rank's ``shard`` (without ``gather``: only
+    this rank's columns ``shard``, d x (hi - lo)).
 
     With the summed overlap P P^T = L L^T (float64, from the rows before rounding), L^{-1} P has
     orthonormal rows spanning the same space, row i mixing only rows 1..i: the Gram–Schmidt
@@ -255,11 +262,11 @@ def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
         cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
     for a, b in ranges:
         block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].double()
-    return _gather_columns(block, n, comm)
+    return _gather_columns(block, n, comm) if gather else block
 
 
 def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None,
-               comm: Comm = LOCAL) -> Basis:
+               comm: Comm = LOCAL, gather: bool = True) -> Basis:
     """Top-``n_components`` principal directions of a trajectory (paper Algorithm 1).
 
     With X = [w_1 .. w_t] (n x t) and W = X H its centred version (H = I - 11^T/t), the rows of
@@ -285,6 +292,8 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
         max_bytes: bound on the per-chunk working memory, about 8 (t + 2d + 1) bytes per
             coordinate (default :data:`DEFAULT_MAX_BYTES`); the d x n result P is not counted.
         comm: the ranks sharing the work (default: this process alone).
+        gather: False: ``P`` is only this rank's block of columns ``shard_range(n, rank,
+            world_size)`` (d x (hi - lo)), not gathered: a sharded basis (:class:`CompactSubspace`).
 
     Raises:
         ValueError: bad ``n_components``, snapshots of unequal length, non-finite snapshots, or a
@@ -314,12 +323,12 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
 
     coefficients = (eigenvectors[:, :d] / eigenvalues[:d].sqrt()).T.contiguous().to(device)  # d x t
     P = _orthonormal_rows(lambda a, b: coefficients @ centred(a, b), d, n, shard[:2], shard[2],
-                          device, comm)
+                          device, comm, gather)
     return Basis(P=P, eigenvalues=eigenvalues)
 
 
 def twa_basis(snapshots, n_components: int | None = None, *, device=None,
-              max_bytes: int | None = None, comm: Comm = LOCAL) -> Tensor:
+              max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True) -> Tensor:
     """Orthonormal basis of the raw (uncentred) snapshots, as Trainable Weight Averaging (Li et
     al., ICLR 2023, github nblt/TWA) builds it: Gram–Schmidt of w_1, w_2, ... in order.
 
@@ -329,7 +338,8 @@ def twa_basis(snapshots, n_components: int | None = None, *, device=None,
     same way): pass 1 accumulates the raw Gram matrix G = X_d^T X_d of the first d snapshots in
     float64, G = L L^T, pass 2 writes P[:, c] = L^{-1} X_c^T chunk by chunk, and the final
     re-orthonormalisation makes it a CholeskyQR2 (orthonormal to rounding even when a snapshot is
-    nearly in the span of the earlier ones, as consecutive SGD snapshots are).
+    nearly in the span of the earlier ones, as consecutive SGD snapshots are).  ``gather=False``:
+    only this rank's block of columns, as :func:`dldr_basis`.
 
     Raises:
         ValueError: d outside 1..t, unequal lengths, non-finite snapshots, or a snapshot whose
@@ -356,7 +366,7 @@ def twa_basis(snapshots, n_components: int | None = None, *, device=None,
     coefficients = torch.linalg.solve_triangular(
         cholesky, torch.eye(d, dtype=torch.float64), upper=False).to(device)  # L^{-1}
     return _orthonormal_rows(lambda a, b: coefficients @ raw(a, b), d, n, shard[:2], shard[2],
-                             device, comm)
+                             device, comm, gather)
 
 
 def snapshot_mean(snapshots, *, device=None, max_bytes: int | None = None) -> Tensor:
@@ -399,7 +409,7 @@ class _GaussianColumns:
 
 
 def random_basis(n_components: int, n: int, seed: int, *, device=None,
-                 max_bytes: int | None = None, comm: Comm = LOCAL) -> Tensor:
+                 max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True) -> Tensor:
     """A uniformly random d-dimensional subspace of R^n (Li et al. 2018; Larsen et al. 2022):
     P (d x n float32) = the Gaussian rows of :class:`_GaussianColumns`, orthonormalised (Cholesky
     of the summed P P^T, as :func:`dldr_basis` ends).
@@ -407,6 +417,7 @@ def random_basis(n_components: int, n: int, seed: int, *, device=None,
     Generated chunk by chunk on ``device`` (memory d x n + a chunk; ``comm`` shards the columns
     as :func:`dldr_basis` does): reproducible from ``seed``, and identical for any ``max_bytes``
     or number of ranks on the same kind of device (CPU and CUDA generators draw different numbers).
+    ``gather=False``: only this rank's block of columns, as :func:`dldr_basis`.
     """
     d = n_components
     if not 1 <= d <= n:
@@ -414,7 +425,7 @@ def random_basis(n_components: int, n: int, seed: int, *, device=None,
     device = torch.device('cpu' if device is None else device)
     lo, hi, ranges = _chunk_ranges(n, 12 * d, max_bytes, comm)
     return _orthonormal_rows(_GaussianColumns(d, seed, device), d, n,
-                             (lo, hi), ranges, device, comm)
+                             (lo, hi), ranges, device, comm, gather)
 
 
 def _gather_columns(block: Tensor, n: int, comm: Comm) -> Tensor:
@@ -438,9 +449,15 @@ class Subspace:
     """A d-dimensional subspace of the n-dimensional parameter space, seen through its coordinates.
 
     Every subspace kind implements :meth:`coords` (g -> P g) and :meth:`lift` (c -> P^T c), its
-    adjoint; P-SGD and P-BFGS use nothing else.  For the dense kinds P has orthonormal rows (so
-    ``project`` is the orthogonal projection); :class:`FastfoodSubspace` is only approximately
-    orthonormal.
+    adjoint; P-SGD and P-BFGS use nothing else (and :meth:`gradient_fraction` for a statistic).
+    For the dense kinds P has orthonormal rows (so ``project`` is the orthogonal projection);
+    :class:`FastfoodSubspace` is only approximately orthonormal.
+
+    Data-parallel ranks call :meth:`coords` on their own gradient g_r and average the results
+    (``comm.all_reduce_``): for every kind the rank-mean of ``coords(g_r)`` is P mean_r g_r.  A
+    sharded basis (:class:`CompactSubspace`) communicates inside :meth:`coords` and :meth:`lift`
+    (collectives: every rank calls them in the same order, as P-SGD and P-BFGS do); its
+    ``coords(g_r)`` alone is not P g_r, only the rank-mean is P mean_r g_r.
     """
 
     dim: int
@@ -460,6 +477,11 @@ class Subspace:
         """P^T P g: orthogonal projection of ``g`` onto the subspace."""
         return self.lift(self.coords(g))
 
+    def gradient_fraction(self, g: Tensor, coords: Tensor) -> Tensor:
+        """|P g|^2 / |g|^2 (float64 device scalar) from ``g`` and ``coords = self.coords(g)``:
+        the fraction of this rank's gradient the subspace holds (exact for orthonormal rows)."""
+        return coords.double().square().sum() / torch.dot(g, g).double()  # no n-length copy
+
 
 class DenseSubspace(Subspace):
     """The subspace span(P^T) of an explicit basis P (d x n, orthonormal rows)."""
@@ -475,6 +497,156 @@ class DenseSubspace(Subspace):
 
     def lift(self, c: Tensor) -> Tensor:
         return torch.mv(self.P.T, c)
+
+    @property
+    def basis_bytes(self) -> int:
+        """Bytes of P this process holds (its storage)."""
+        return self.P.untyped_storage().nbytes()
+
+
+BASIS_DTYPES = {'float32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16,
+                'int8': torch.int8}
+"""Storage types of :class:`CompactSubspace` (``--basis-dtype``); fp16 and int8 with a scale per row."""
+
+_SCALED_MAX = {torch.float16: 1.0, torch.int8: 127.0}
+"""Per-row scale of the scaled storage types: a row's largest |entry| is stored as this value."""
+
+PRODUCT_CHUNK_BYTES = 16 * 2**20
+"""Float32 working memory of a low-precision product: columns are cast to float32 in chunks of
+at most this many bytes (a full float32 copy of P is never made)."""
+
+
+class CompactSubspace(Subspace):
+    """An explicit basis P (d x n) stored compactly: in a low-precision type, on a device of its own,
+    and/or sharded across the data-parallel ranks.
+
+    * ``dtype`` ('float32', 'bf16', 'fp16', 'int8'; :data:`BASIS_DTYPES`): P's storage.  fp16 and
+      int8 keep a float32 scale s_i per row (P = diag(s) Q, |Q| <= 1 resp. 127; with a sharded
+      basis, per row of this rank's block).  Products always accumulate in float32: the stored
+      columns are cast to float32 in chunks of :data:`PRODUCT_CHUNK_BYTES` (float32 P: one
+      ``torch.mv``).  Rounding P makes its rows orthonormal only to the type's precision; the
+      iterates still stay exactly in w_0 + span(P^T) of the rounded P.
+    * ``block``'s device is where P lives (e.g. the CPU while the model trains on a GPU):
+      :meth:`coords` moves g (or this rank's block of it) there and the d coordinates back,
+      :meth:`lift` the d coordinates there and the n-vector back to ``c``'s device.
+    * ``comm`` (sharded): ``block`` is only this rank's columns [lo, hi) = :func:`shard_range`
+      (n, rank, W) of P, as the basis functions return them with ``gather=False``.  Then, with
+      ḡ = mean_r g_r and P_r this rank's block:
+
+      - ``coords(g_r)`` reduce-scatters (sum) the n-vector g_r (zero-padded to W ceil(n/W)): rank
+        r receives W ḡ[lo:hi] and returns W P_r ḡ[lo:hi].  The caller's all-reduce (mean) of
+        the d coordinates then gives Σ_r P_r ḡ[lo:hi] = P ḡ, exactly as with the whole P.
+      - ``lift(c)`` (c identical on every rank) computes this rank's block P_r^T c and
+        all-gathers the blocks into the n-vector P^T c on every rank.
+
+      Per P-SGD step each rank passes W ceil(n/W) floats to the reduce-scatter and to the
+      all-gather and d to the all-reduce (docs/METHOD.md: the bytes).  With one rank (W = 1) no
+      collective is made and ``block`` is the whole P.
+
+    :meth:`gradient_fraction` is NaN when sharded with W > 1 (no rank holds P g_r).
+    """
+
+    def __init__(self, block: Tensor, n: int, *, dtype: str = 'float32', comm: Comm | None = None,
+                 chunk_bytes: int = PRODUCT_CHUNK_BYTES):
+        if dtype not in BASIS_DTYPES:
+            raise ValueError(f'dtype must be one of {tuple(BASIS_DTYPES)}, got {dtype!r}')
+        if block.ndim != 2:
+            raise ValueError(f'the basis block must be 2-D (d, columns), got shape {tuple(block.shape)}')
+        self.comm = comm if comm is not None and comm.world_size > 1 else None
+        world, rank = (comm.world_size, comm.rank) if self.comm else (1, 0)
+        self.lo, self.hi = shard_range(n, rank, world)
+        if block.shape[1] != self.hi - self.lo:
+            raise ValueError(f'rank {rank} of {world} holds columns {self.lo}..{self.hi - 1} of '
+                             f'an n = {n} basis: expected {self.hi - self.lo} columns, got {block.shape[1]}')
+        self.dim, self.n, self.dtype_name = block.shape[0], n, dtype
+        self.shard_size, self.world_size = math.ceil(n / world), world
+        self.device = block.device
+        storage = BASIS_DTYPES[dtype]
+        self.chunk = max(1, chunk_bytes // (4 * max(self.dim, 1)))
+        self.scale = None
+        if storage in _SCALED_MAX:
+            absmax = block.abs().amax(dim=1).float() if block.numel() else torch.zeros(self.dim)
+            self.scale = torch.where(absmax > 0, absmax / _SCALED_MAX[storage],
+                                     torch.ones_like(absmax)).to(self.device)
+            self.data = torch.empty(block.shape, dtype=storage, device=self.device)
+            for a in range(0, block.shape[1], self.chunk):  # chunk-wise: no second float32 copy
+                b = min(a + self.chunk, block.shape[1])
+                q = block[:, a:b].float() / self.scale[:, None]
+                self.data[:, a:b] = q.round_() if storage == torch.int8 else q
+        else:
+            self.data = block.to(storage).contiguous()
+
+    @property
+    def basis_bytes(self) -> int:
+        """Bytes of P this process holds: the storage of its block (+ the row scales)."""
+        scale = 0 if self.scale is None else self.scale.untyped_storage().nbytes()
+        return self.data.untyped_storage().nbytes() + scale
+
+    def _mv(self, x: Tensor) -> Tensor:
+        """P_r x (float32 d-vector on P's device) for the float32 (hi - lo)-vector x there."""
+        if self.data.dtype == torch.float32:
+            return torch.mv(self.data, x)
+        out = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
+        for a in range(0, self.data.shape[1], self.chunk):
+            b = min(a + self.chunk, self.data.shape[1])
+            out.addmv_(self.data[:, a:b].float(), x[a:b])
+        return out if self.scale is None else out.mul_(self.scale)
+
+    def _tmv(self, c: Tensor) -> Tensor:
+        """P_r^T c (float32 (hi - lo)-vector on P's device) for the float32 d-vector c there."""
+        if self.data.dtype == torch.float32:
+            return torch.mv(self.data.T, c)
+        if self.scale is not None:
+            c = c * self.scale
+        out = torch.empty(self.data.shape[1], dtype=torch.float32, device=self.device)
+        for a in range(0, self.data.shape[1], self.chunk):
+            b = min(a + self.chunk, self.data.shape[1])
+            torch.mv(self.data[:, a:b].float().T, c, out=out[a:b])
+        return out
+
+    def coords(self, g: Tensor) -> Tensor:
+        if self.comm is not None:
+            padded = g.float()
+            if g.numel() != self.shard_size * self.world_size:
+                padded = torch.nn.functional.pad(padded, (0, self.shard_size * self.world_size - g.numel()))
+            mine = torch.empty(self.shard_size, dtype=torch.float32, device=g.device)
+            self.comm.reduce_scatter_(mine, list(padded.split(self.shard_size)), 'sum')
+            g = mine[:self.hi - self.lo]
+        return self._mv(g.to(self.device, torch.float32)).to(g.device)
+
+    def lift(self, c: Tensor) -> Tensor:
+        local = self._tmv(c.to(self.device, torch.float32)).to(c.device)
+        if self.comm is None:
+            return local
+        full = torch.empty(self.shard_size * self.world_size, dtype=torch.float32, device=c.device)
+        if local.numel() != self.shard_size:
+            local = torch.nn.functional.pad(local, (0, self.shard_size - local.numel()))
+        self.comm.all_gather_(list(full.split(self.shard_size)), local)
+        return full[:self.n]
+
+    def project(self, g: Tensor) -> Tensor:
+        """P^T P ḡ, the projection of the rank-mean gradient when sharded (a collective); P^T P g
+        otherwise."""
+        if self.comm is None:
+            return self.lift(self.coords(g))
+        return self.lift(self.comm.all_reduce_(self.coords(g)))
+
+    def gradient_fraction(self, g: Tensor, coords: Tensor) -> Tensor:
+        if self.comm is None:
+            return super().gradient_fraction(g, coords)
+        return torch.full((), float('nan'), dtype=torch.float64, device=coords.device)
+
+
+def store_basis(block: Tensor, n: int, *, dtype: str = 'float32', shard_comm: Comm | None = None,
+                device=None) -> Subspace:
+    """The :class:`Subspace` of a basis block returned by a basis function: the plain
+    :class:`DenseSubspace` for a whole float32 P on ``device`` (where the parameters live; default:
+    P's), else a :class:`CompactSubspace` (``dtype``; ``shard_comm``: the ranks ``block`` is
+    sharded over, computed with ``gather=False``)."""
+    same_device = device is None or torch.device(device) == block.device
+    if dtype == 'float32' and (shard_comm is None or shard_comm.world_size == 1) and same_device:
+        return DenseSubspace(block)
+    return CompactSubspace(block, n, dtype=dtype, comm=shard_comm)
 
 
 def fwht(x: Tensor) -> Tensor:
@@ -641,7 +813,8 @@ class PBFGS(torch.optim.Optimizer):
     :meth:`reset_stats`: loss_sum/steps - accepted_loss_sum/accepted compares a step's gain on
     its own mini-batch with the loss the next, fresh mini-batch finds; and ``captured_sum``, the
     sum over steps of |P g|^2 / |g|^2, the fraction of the (this rank's) gradient the subspace
-    holds (exact for orthonormal rows), which tells a subspace that cannot descend.
+    holds (exact for orthonormal rows), which tells a subspace that cannot descend
+    (:meth:`Subspace.gradient_fraction`: NaN with a basis sharded over several ranks).
     :meth:`reset_stats` adds ``gradient_signal`` = |mean_k g~_k|^2 / mean_k |g~_k|^2 over the
     steps since the last reset: 1 when every mini-batch's subspace gradient points the same way,
     about 1/steps when they are pure sampling noise (steps that fit their own batch only).
@@ -649,7 +822,9 @@ class PBFGS(torch.optim.Optimizer):
     Data-parallel ranks (``comm``) each evaluate the closure on their share of the mini-batch; the
     loss and the d gradient coordinates are averaged in one all-reduce per step and each trial's
     loss in one scalar all-reduce, so B, every decision and every iterate are identical on all
-    ranks.  No n-vector is communicated (except the residual with ``alpha`` > 0).
+    ranks.  No n-vector is communicated (except the residual with ``alpha`` > 0), unless the
+    basis is sharded (:class:`CompactSubspace`: a reduce-scatter of the gradient and an
+    all-gather of the lifted direction per step, inside ``coords`` and ``lift``).
     ``subspace`` is a :class:`Subspace` (or a d x n tensor P); ``params`` must be ordered as the
     flat vectors it was built from (:func:`trainable_params`).
     The state (B, g~_prev, s, M) lives in ``self.state`` and survives ``state_dict()`` /
@@ -829,7 +1004,7 @@ class PBFGS(torch.optim.Optimizer):
             loss = closure()
         grad = flat_grad(self._params)
         local_coords = subspace.coords(grad)
-        captured = local_coords.double().square().sum() / torch.dot(grad, grad).double()  # no n-copy
+        captured = subspace.gradient_fraction(grad, local_coords)
         # One message per step: the d gradient coordinates and the loss, averaged over the ranks.
         packed = self.comm.all_reduce_(torch.cat((local_coords, _loss_tensor(loss, grad.device))))
         coords32, f = packed[:-1], packed[-1].double()

@@ -3,7 +3,8 @@
 The method-level checks share one spawn of 2 processes (distributed.spawn_local, file:// rendezvous):
 P-SGD and P-BFGS on a BatchNorm-free model, 2 ranks x b/2 against 1 process x b on the same
 global batches (utils.DeviceLoader cuts them); the bytes every step all-reduces, counted by
-wrapping the one communicator; the sharded basis against the 1-process basis.  The script-level
+wrapping the one communicator; the sharded basis against the 1-process basis; P-SGD and P-BFGS with
+the basis sharded over the 2 ranks (--shard-basis) against the whole float32 P in 1 process.  The script-level
 checks run torchrun --standalone: the trajectory is written once by rank 0, a bad flag and a
 killed rank end the job.
 """
@@ -29,18 +30,26 @@ D, BATCH, STEPS = 5, 16, 6
 
 
 class CountingComm(dldr.Comm):
-    """Forwards to ``inner`` and logs the bytes of every all-reduce."""
+    """Forwards to ``inner``; logs the bytes of every all-reduce in ``sent`` and every collective
+    as (name, bytes) in ``log``: the tensor each one reduces or gathers, on this rank (all-reduce:
+    the tensor; reduce-scatter: all W inputs; all-gather: all W outputs)."""
 
     def __init__(self, inner):
         self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
-        self.sent = []
+        self.sent, self.log = [], []
 
     def all_reduce_(self, tensor, op='mean'):
         self.sent.append(tensor.numel() * tensor.element_size())
+        self.log.append(('all_reduce', self.sent[-1]))
         return self.inner.all_reduce_(tensor, op)
 
     def all_gather_(self, out, tensor):
+        self.log.append(('all_gather', sum(t.numel() * t.element_size() for t in out)))
         self.inner.all_gather_(out, tensor)
+
+    def reduce_scatter_(self, out, inputs, op='sum'):
+        self.log.append(('reduce_scatter', sum(t.numel() * t.element_size() for t in inputs)))
+        return self.inner.reduce_scatter_(out, inputs, op)
 
 
 def small_net():
@@ -71,26 +80,35 @@ def orthonormal_rows(d, n, seed):
     return torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64)).Q.T.float().contiguous()
 
 
-def psgd_run(context):
+def make_subspace(P, comm, shard):
+    """The whole P, or (``shard``) this rank's block of its columns as --shard-basis holds it."""
+    if not shard:
+        return dldr.DenseSubspace(P)
+    lo, hi = dldr.shard_range(P.shape[1], comm.rank, comm.world_size)
+    return dldr.CompactSubspace(P[:, lo:hi].clone(), P.shape[1], comm=comm)
+
+
+def psgd_run(context, shard=False):
     model = small_net()
     params = dldr.trainable_params(model)
-    subspace = dldr.DenseSubspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 1))
     comm = CountingComm(context.comm)
+    subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 1), comm, shard)
     optimizer = torch.optim.SGD(params, lr=0.5, momentum=0.9)
     for x, y in batches(context):
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         dldr.project_grads_(params, subspace, comm)
         optimizer.step()
-    return dldr.flat_params(params), comm.sent
+    return dldr.flat_params(params), comm.sent, comm.log, subspace.basis_bytes
 
 
-def pbfgs_run(context):
+def pbfgs_run(context, shard=False):
     model = small_net()
     params = dldr.trainable_params(model)
-    subspace = dldr.DenseSubspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 2))
     comm = CountingComm(context.comm)
+    subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 2), comm, shard)
     optimizer = dldr.PBFGS(params, subspace, comm=comm)
+    decisions = []  # per step: (trials so far, sum of accepted step sizes so far)
     for x, y in batches(context):
         def closure():
             loss = F.cross_entropy(model(x), y)
@@ -99,7 +117,8 @@ def pbfgs_run(context):
                 loss.backward()
             return loss
         optimizer.step(closure)
-    return dldr.flat_params(params), comm.sent, optimizer.stats
+        decisions.append((optimizer.stats['trials'], optimizer.stats['step_size_sum']))
+    return dldr.flat_params(params), comm.sent, optimizer.stats, comm.log, decisions
 
 
 def trajectory():
@@ -112,8 +131,16 @@ def basis_run(context):
     return dldr.dldr_basis(trajectory(), 4, max_bytes=8 * 12 * 100, comm=context.comm).P
 
 
+def basis_block_run(context):
+    """This rank's columns as the sharded extraction leaves them (gather=False)."""
+    return dldr.dldr_basis(trajectory(), 4, max_bytes=8 * 12 * 100, comm=context.comm,
+                           gather=False).P
+
+
 def all_runs(context):
-    return {'psgd': psgd_run(context), 'pbfgs': pbfgs_run(context), 'basis': basis_run(context)}
+    return {'psgd': psgd_run(context), 'pbfgs': pbfgs_run(context), 'basis': basis_run(context),
+            'psgd_sharded': psgd_run(context, shard=True),
+            'pbfgs_sharded': pbfgs_run(context, shard=True), 'basis_block': basis_block_run(context)}
 
 
 @pytest.fixture(scope='module')
@@ -159,6 +186,62 @@ def test_sharded_basis_equals_one_process_basis(runs):
     w = trajectory().double().numpy()
     vt = np.linalg.svd(w - w.mean(0), full_matrices=False)[2][:4]
     assert np.abs(np.linalg.svd(rank0['basis'].double().numpy() @ vt.T)[1] - 1).max() < 1e-5
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_sharded_basis_psgd_iterates_bytes_and_memory(runs):
+    """--shard-basis, 2 gloo ranks: the P-SGD iterates of the whole float32 P in 1 process; per
+    step a reduce-scatter and an all-gather of W ceil(n/W) floats and the all-reduce of d; each
+    rank holds d ceil(n/W) floats of P."""
+    single, (rank0, rank1) = runs
+    n, W = dldr.flat_params(dldr.trainable_params(small_net())).numel(), 2
+    size = -(-n // W)
+    w0 = dldr.flat_params(dldr.trainable_params(small_net()))
+    assert torch.equal(rank0['psgd_sharded'][0], rank1['psgd_sharded'][0])
+    assert relative_error(rank0['psgd_sharded'][0], single['psgd'][0]) < 1e-5
+    assert relative_error(single['psgd'][0], w0) > 1e-3  # the steps moved the weights
+    # the displacement itself agrees too (not only the large w)
+    assert relative_error(rank0['psgd_sharded'][0] - w0, single['psgd'][0] - w0) < 1e-4
+    for rank in (rank0, rank1):
+        log = rank['psgd_sharded'][2]
+        step = [('reduce_scatter', W * size * 4), ('all_reduce', D * 4), ('all_gather', W * size * 4)]
+        assert log == step * STEPS
+        assert sum(b for _, b in log) / STEPS == 8 * W * size + 4 * D
+    assert n % W == 0 and rank0['psgd_sharded'][3] == rank1['psgd_sharded'][3] == D * n * 4 // W
+    assert single['psgd'][3] == D * n * 4  # the whole P, for comparison
+
+
+def test_sharded_basis_pbfgs_same_iterates_and_line_search_decisions(runs):
+    single, (rank0, rank1) = runs
+    n, W = dldr.flat_params(dldr.trainable_params(small_net())).numel(), 2
+    size = -(-n // W)
+    sharded, whole = rank0['pbfgs_sharded'], single['pbfgs']
+    assert torch.equal(sharded[0], rank1['pbfgs_sharded'][0])
+    assert relative_error(sharded[0], whole[0]) < 1e-5
+    assert sharded[4] == whole[4]  # the same trials and accepted step sizes, step by step
+    assert whole[4][-1][0] > STEPS  # some steps backtracked: the decisions are not all trivial
+    keys = ('trials', 'failed_searches', 'nonfinite_skips', 'curvature_skips', 'step_size_sum')
+    assert {k: sharded[2][k] for k in keys} == {k: whole[2][k] for k in keys}
+    # per step: reduce-scatter of the gradient, all-reduce of d coordinates + loss, all-gather of
+    # the direction; per trial one loss
+    log, trials = sharded[3], sharded[2]['trials']
+    assert log.count(('reduce_scatter', W * size * 4)) == STEPS
+    assert log.count(('all_gather', W * size * 4)) == STEPS
+    assert log.count(('all_reduce', (D + 1) * 4)) == STEPS and log.count(('all_reduce', 4)) == trials
+    assert len(log) == 3 * STEPS + trials
+    assert sum(b for _, b in log) == STEPS * (8 * W * size + 4 * (D + 1)) + 4 * trials
+
+
+def test_unsharded_extraction_block_is_the_gathered_columns(runs):
+    single, (rank0, rank1) = runs
+    n = trajectory().shape[1]
+    for rank, result in enumerate((rank0, rank1)):
+        lo, hi = dldr.shard_range(n, rank, 2)
+        assert torch.equal(result['basis_block'], result['basis'][:, lo:hi])
+    assert torch.equal(single['basis_block'], single['basis'])
 
 
 def test_every_image_counted_once_in_sharded_evaluation(runs):
