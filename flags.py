@@ -10,6 +10,9 @@ is added by :func:`add_ignored` and says so in ``--help``.  Then :func:`finish_s
 """
 import argparse
 
+import torch
+
+import dldr
 import models
 import seeds
 import subspace_run as subspaces
@@ -223,6 +226,16 @@ def add_subspace_args(p, *, params_end=51):
     a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
     a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
       help='device-memory bound of the streamed basis extraction')
+    a('--shard-basis', '--shard_basis', action='store_true',
+      help='each rank keeps only its block of P\'s columns (P per rank / world size); a step then '
+           'reduce-scatters the gradient and all-gathers the update (about DDP\'s traffic instead '
+           'of d numbers; README: when to use it). Not with fastfood, redrawn')
+    a('--basis-dtype', '--basis_dtype', default='float32', choices=tuple(dldr.BASIS_DTYPES),
+      help='storage type of P (products accumulate in float32; fp16 and int8 with a scale per '
+           'row): bf16 halves P\'s memory (README: its measured accuracy). Not with fastfood, redrawn')
+    a('--basis-device', '--basis_device', default=None, metavar='DEVICE',
+      help='where P is computed and stored, e.g. cpu while training on a GPU (default: --device); '
+           'each step moves the gradient there and the update back. Not with fastfood, redrawn')
     a('--bn-update', '--bn_update', default=None, type=nonnegative_int, metavar='N',
       help=f're-estimate the BatchNorm running statistics on N training batches before each '
            f'evaluation and before saving the final model: N forward passes each time, training '
@@ -275,4 +288,21 @@ def finish_subspace_args(args):
     if args.bn_update is None:  # sized in images, not batches: 10 batches of 1024 cost 5x more
         args.bn_update = -(-BN_UPDATE_IMAGES // args.batch_size)
     kind.check_dim(args)
+    _check_storage(args, kind)
     return args
+
+
+def _check_storage(args, kind):
+    """--shard-basis / --basis-dtype / --basis-device: an explicit P only, a device torch knows."""
+    given = [flag for flag, on in (('--shard-basis', args.shard_basis),
+                                   (f'--basis-dtype {args.basis_dtype}', args.basis_dtype != 'float32'),
+                                   (f'--basis-device {args.basis_device}', args.basis_device))
+             if on]
+    if given and not kind.explicit:
+        raise UserError(f'{" ".join(given)}: --subspace {kind.name} holds no d x n basis P to '
+                        f'store differently; use dldr, twa or random')
+    if args.basis_device:
+        try:
+            torch.device(args.basis_device)
+        except RuntimeError as e:
+            raise UserError(f'bad --basis-device {args.basis_device!r}: {e}') from None

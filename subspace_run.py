@@ -27,29 +27,56 @@ from utils import UserError
 # The kinds of subspace.
 # ---------------------------------------------------------------------------------------------
 
-def _dldr(trajectory, d, n, seed, device, memory, comm):
-    basis = dldr.dldr_basis(trajectory, d, device=device, max_bytes=memory, comm=comm)
+@dataclass(frozen=True)
+class Storage:
+    """How an explicit basis P is held (``--shard-basis``, ``--basis-dtype``, ``--basis-device``):
+    only this rank's block of columns, in which type, on which device (None: the run's)."""
+    shard: bool = False
+    dtype: str = 'float32'
+    device: str | None = None
+
+    @classmethod
+    def of(cls, args):
+        return cls(getattr(args, 'shard_basis', False), getattr(args, 'basis_dtype', 'float32'),
+                   getattr(args, 'basis_device', None))
+
+    def where(self, device):
+        """The device P is computed and stored on."""
+        return torch.device(self.device) if self.device else device
+
+    def subspace(self, block, n, device, comm):
+        """The :class:`dldr.Subspace` of ``block`` (the whole P, or this rank's columns when
+        sharded) for parameters on ``device``."""
+        return dldr.store_basis(block, n, dtype=self.dtype, shard_comm=comm if self.shard else None,
+                                device=device)
+
+
+def _dldr(trajectory, d, n, seed, device, memory, comm, storage):
+    basis = dldr.dldr_basis(trajectory, d, device=storage.where(device), max_bytes=memory,
+                            comm=comm, gather=not storage.shard)
     ratio = basis.explained_variance_ratio.tolist()
-    return dldr.DenseSubspace(basis.P), {
+    return storage.subspace(basis.P, n, device, comm), {
         'explained_variance_ratio': ratio, 'cumulative_explained_variance': np.cumsum(ratio).tolist(),
         'singular_values': basis.singular_values.tolist()}
 
 
-def _twa(trajectory, d, n, seed, device, memory, comm):
-    return dldr.DenseSubspace(dldr.twa_basis(trajectory, d, device=device, max_bytes=memory,
-                                             comm=comm)), {}
+def _twa(trajectory, d, n, seed, device, memory, comm, storage):
+    return storage.subspace(dldr.twa_basis(trajectory, d, device=storage.where(device),
+                                           max_bytes=memory, comm=comm, gather=not storage.shard),
+                            n, device, comm), {}
 
 
-def _random(trajectory, d, n, seed, device, memory, comm):
-    return dldr.DenseSubspace(dldr.random_basis(d, n, seed, device=device, max_bytes=memory,
-                                                comm=comm)), {}
+def _random(trajectory, d, n, seed, device, memory, comm, storage):
+    return storage.subspace(dldr.random_basis(d, n, seed, device=storage.where(device),
+                                              max_bytes=memory, comm=comm, gather=not storage.shard),
+                            n, device, comm), {}
 
 
-def _fastfood(trajectory, d, n, seed, device, memory, comm):
+def _fastfood(trajectory, d, n, seed, device, memory, comm, storage):
     return dldr.FastfoodSubspace(d, n, seed, device), {}
 
 
-def _redrawn(trajectory, d, n, seed, device, memory, comm):
+def _redrawn(trajectory, d, n, seed, device, memory, comm, storage):
     return dldr.RedrawnSubspace(lambda s: dldr.FastfoodSubspace(d, n, s, device), d, n, seed), {}
 
 
@@ -57,8 +84,9 @@ def _redrawn(trajectory, d, n, seed, device, memory, comm):
 class Kind:
     """One ``--subspace`` kind.
 
-    ``build(trajectory, d, n, seed, device, max_bytes, comm)`` returns the :class:`dldr.Subspace`
-    and the extra entries of the run's ``basis`` JSON.  ``max_dim(t)``: the largest d a trajectory
+    ``build(trajectory, d, n, seed, device, max_bytes, comm, storage)`` returns the
+    :class:`dldr.Subspace` and the extra entries of the run's ``basis`` JSON (``storage``: a
+    :class:`Storage`, used by the kinds with an explicit P, ``explicit``).  ``max_dim(t)``: the largest d a trajectory
     of t snapshots allows (None: any), ``too_large``: why, formatted with d, t, first, last, every.
     ``paper``: the paper's own kind (file names and messages without the kind's name).
     ``pbfgs_refusal``: why P-BFGS cannot use it (None: it can)."""
@@ -72,6 +100,7 @@ class Kind:
     seeded: bool = False
     paper: bool = False
     pbfgs_refusal: str | None = None
+    explicit: bool = True  # holds a d x n P (--shard-basis, --basis-dtype, --basis-device apply)
 
     def dim(self, args):
         """``--n_components`` unless given."""
@@ -106,9 +135,9 @@ KINDS = MappingProxyType({k.name: k for k in (
                    '--subspace twa: their span has dimension <= {t}'),
     Kind('random', 'a seeded random subspace', _random, default_dim=40, seeded=True),
     Kind('fastfood', 'a seeded structured random map (Le et al. 2013, O(n) memory)', _fastfood,
-         default_dim=40, seeded=True),
+         default_dim=40, seeded=True, explicit=False),
     Kind('redrawn', 'a new Fastfood random subspace at every step (Gressmann et al. 2020; P-SGD '
-                    'only)', _redrawn, default_dim=40, seeded=True,
+                    'only)', _redrawn, default_dim=40, seeded=True, explicit=False,
          pbfgs_refusal='--subspace redrawn changes the basis at every step; P-BFGS keeps '
                        'curvature in one fixed basis: use train_psgd.py for it'),
 )})
@@ -160,14 +189,21 @@ def build_subspace(args, model, context):
             'snapshots': [args.params_start, args.params_end], 'step': args.params_step,
             'used': list(snapshot_numbers(args)), 'folder': folder, 'start': args.train_start,
             'n_components': d}
+    storage = Storage.of(args)
+    if storage != Storage():  # (the default adds no keys: the JSON of a plain run is unchanged)
+        info.update(shard_basis=storage.shard, basis_dtype=storage.dtype,
+                    basis_device=str(storage.where(context.device)))
     start = time.time()
     try:
-        subspace, extra = kind.build(trajectory, d, n, args.subspace_seed, context.device, memory, comm)
+        subspace, extra = kind.build(trajectory, d, n, args.subspace_seed, context.device, memory,
+                                     comm, storage)
     except ValueError as e:
         raise UserError(f'{kind.describe()}basis of {folder}/{args.params_start}..'
                         f'{args.params_end - 1}.pt: {e}') from None
     info.update(extra)
     info['seconds'] = time.time() - start
+    if storage != Storage():
+        info['basis_bytes_per_rank'] = subspace.basis_bytes
     if args.train_start == 'mean':
         utils.load_snapshot(utils.snapshot_path(folder, args.params_start), model)
         dldr.set_flat_params_(dldr.trainable_params(model),
@@ -181,6 +217,10 @@ def build_subspace(args, model, context):
     context.print(f'basis: {kind.name}, {t} snapshots {args.params_start}..{args.params_end - 1}{every} of '
                   f'{folder}, {n} parameters -> d = {d}{seed}, {info["seconds"]:.1f}s on '
                   f'{context.device}{ranks}; training starts at {where}')
+    if 'basis_bytes_per_rank' in info:
+        context.print(f'basis storage: {storage.dtype} on {info["basis_device"]}'
+                      f'{", sharded over the ranks" if storage.shard else ""}: '
+                      f'{info["basis_bytes_per_rank"] / 2**20:.1f} MiB of P on this rank')
     if 'explained_variance_ratio' in info:
         context.print('explained variance ratio: ' + ' '.join(f'{r:.4f}' for r in
                                                               info['explained_variance_ratio']))

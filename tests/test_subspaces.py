@@ -359,3 +359,71 @@ def test_sweep_reuses_finished_runs_and_writes_its_table(tmp_path, capsys):
     assert len(summary['runs']) == 8
     table = (tmp_path / 'sweep.md').read_text()
     assert table in out and '| fastfood | 2 | 2 | 56.50 ± 23.33 | 40.00 | 73.00 | 1/2 |' in table
+
+
+# ------------------------------------------- a compactly stored basis (--basis-dtype, --basis-device)
+
+def rounded_basis(P, dtype):
+    """P as ``dtype`` stores it, in float64, computed here independently: bf16 rounds each entry;
+    fp16 and int8 round P / s with s = (largest |entry| of the row) / (1 resp. 127)."""
+    P = P.double()
+    if dtype == 'bf16':
+        return P.bfloat16().double()
+    top = {'fp16': 1.0, 'int8': 127.0}[dtype]
+    s = P.abs().amax(dim=1, keepdim=True) / top
+    q = (P / s).half().double() if dtype == 'fp16' else (P / s).round().clamp(-127, 127)
+    return q * s
+
+
+@pytest.mark.parametrize('dtype, bytes_per_entry, max_rounding', [
+    ('bf16', 2, 2**-8), ('fp16', 2, 2**-10), ('int8', 1, 0.02)])
+def test_low_precision_basis_products_accumulate_in_float32(dtype, bytes_per_entry, max_rounding):
+    d, n = 6, 5000
+    P = dldr.random_basis(d, n, seed=3)
+    # chunks of 700 columns: several chunks, the last one short
+    compact = dldr.CompactSubspace(P, n, dtype=dtype, chunk_bytes=4 * d * 700)
+    assert compact.basis_bytes == d * n * bytes_per_entry + (0 if dtype == 'bf16' else 4 * d)
+    assert compact.basis_bytes <= dldr.DenseSubspace(P).basis_bytes // (4 // bytes_per_entry) + 4 * d
+    exact = rounded_basis(P, dtype)
+    assert (exact - P.double()).abs().max() <= max_rounding * P.abs().max()  # what P lost
+    g = torch.Generator().manual_seed(4)
+    grad, c = torch.randn(n, generator=g), torch.randn(d, generator=g)
+    # products of the stored P, accumulated in float32 (a bf16 accumulation would be ~1e-3 off)
+    torch.testing.assert_close(compact.coords(grad).double(), exact @ grad.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compact.lift(c).double(), exact.T @ c.double(), rtol=1e-5, atol=1e-7)
+    assert compact.coords(grad).dtype == compact.lift(c).dtype == torch.float32
+
+
+def test_float32_compact_basis_equals_the_dense_one_and_refuses_a_wrong_block():
+    d, n = 4, 301
+    P = dldr.random_basis(d, n, seed=1)
+    g, c = torch.randn(n), torch.randn(d)
+    compact = dldr.CompactSubspace(P.clone(), n)
+    assert torch.equal(compact.coords(g), dldr.DenseSubspace(P).coords(g))
+    assert torch.equal(compact.lift(c), dldr.DenseSubspace(P).lift(c))
+    with pytest.raises(ValueError, match='expected 301 columns'):
+        dldr.CompactSubspace(P[:, :300], n)
+    # the default storage is the plain DenseSubspace (the unchanged default run)
+    assert type(dldr.store_basis(P, n)) is dldr.DenseSubspace
+    assert type(dldr.store_basis(P, n, dtype='bf16')) is dldr.CompactSubspace
+
+
+def test_storage_flags_build_the_stored_basis_and_refuse_kinds_without_p(capsys):
+    import subspace_run
+    from helpers import assert_one_line_error, in_process
+    X = trajectory(6, 2000, seed=2, offset=0.0)
+    build = subspace_run.KINDS['dldr'].build
+    cpu = torch.device('cpu')
+    whole, _ = build(X, 3, 2000, 0, cpu, 2**20, dldr.LOCAL, subspace_run.Storage())
+    half, info = build(X, 3, 2000, 0, cpu, 2**20, dldr.LOCAL, subspace_run.Storage(dtype='bf16'))
+    assert type(whole) is dldr.DenseSubspace and half.basis_bytes * 2 == whole.basis_bytes
+    assert half.data.dtype == torch.bfloat16 and 'explained_variance_ratio' in info
+    torch.testing.assert_close(half.data.float(), whole.P.bfloat16().float(), rtol=0, atol=0)
+    base = ['--datasets', 'synthetic', '--params_start', '0', '--params_end', '3', '--n_components', '2']
+    for extra, fragment in ((['--subspace', 'fastfood', '--shard-basis'], '--shard-basis'),
+                            (['--subspace', 'redrawn', '--basis-dtype', 'bf16'], '--basis-dtype bf16'),
+                            (['--basis-device', 'nowhere'], "bad --basis-device 'nowhere'")):
+        assert_one_line_error(in_process(capsys, 'train_psgd', *base, *extra), fragment)
+    import train_psgd
+    args = train_psgd.parse_args([*base, '--shard-basis', '--basis-dtype', 'int8', '--basis-device', 'cpu'])
+    assert (args.shard_basis, args.basis_dtype, args.basis_device) == (True, 'int8', 'cpu')
