@@ -24,6 +24,10 @@ One module per comparison, run in this order:
    utils.FolderLoader vs the reference's torchvision ImageFolder + RandomResizedCrop/Flip/
    ToTensor/Normalize DataLoader, same worker count: images per second               >= 1.0
    (the decode alone, PIL vs torchvision.io.decode_jpeg, is printed, not rated)
+8. ``s8_basis_storage``: the basis stored compactly (--shard-basis, --basis-dtype, --basis-device),
+   1 and 2 gloo ranks: P bytes per rank / formula and P-SGD bytes per step / formula   <= 1.0
+   (counted by wrapping dldr.Comm), and the P-SGD step time of each option / float32 P (printed,
+   not rated; on CUDA also P on the CPU); the memory table of P at model scale
 
 Timing (``common``): warm-up first; torch.cuda.synchronize() around timed regions on CUDA only;
 the compared variants are interleaved A B | B A | A B ... so drift and other tenants hit all of

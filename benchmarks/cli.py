@@ -1,4 +1,4 @@
-"""The command line of the benchmarks: flags, the common set-up, the comparisons in order 1..7,
+"""The command line of the benchmarks: flags, the common set-up, the comparisons in order 1..8,
 the table.  ``python bench.py ...`` and ``python -m benchmarks ...`` both end in :func:`run`."""
 import argparse
 import gc
@@ -17,11 +17,12 @@ import torch
 import benchmarks
 import models
 from benchmarks import (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed,
-                        s7_imagefolder)
+                        s7_imagefolder, s8_basis_storage)
 from benchmarks.common import Report, build_model, device_description, load_images, write_trajectory
 from distributed import pick_device, run_cli
 
-SECTIONS = (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed, s7_imagefolder)
+SECTIONS = (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed, s7_imagefolder,
+            s8_basis_storage)
 """The comparisons; --only N runs SECTIONS[N - 1]."""
 
 NEED_TRAJECTORY = frozenset({2, 4})

@@ -10,23 +10,8 @@ import torch
 import dldr
 import models
 import utils
-from benchmarks.common import ms, train_steps
+from benchmarks.common import CountingComm, ms, train_steps
 from distributed import spawn_local
-
-
-class CountingComm(dldr.Comm):
-    """Forwards to ``inner``, logging the bytes of every all-reduce (dldr.Comm is the one place the
-    method communicates, so wrapping it sees all of P-SGD's traffic)."""
-
-    def __init__(self, inner):
-        self.inner, self.rank, self.world_size, self.sent = inner, inner.rank, inner.world_size, []
-
-    def all_reduce_(self, tensor, op='mean'):
-        self.sent.append(tensor.numel() * tensor.element_size())
-        return self.inner.all_reduce_(tensor, op)
-
-    def all_gather_(self, out, tensor):
-        self.inner.all_gather_(out, tensor)
 
 
 def dist_steps(context, opts):
