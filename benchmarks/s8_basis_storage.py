@@ -83,7 +83,7 @@ def storage_steps(context, opts):
         record = {'basis_bytes': subspace.basis_bytes,
                   'psgd_bytes': sum(b for _, b in comm.log) / len(batches)}
         pbfgs_model = copy.deepcopy(model0)
-        pbfgs = dldr.PBFGS(dldr.trainable_params(pbfgs_model), subspace, comm=comm)
+        pbfgs = dldr.PBFGS(dldr.trainable_params(pbfgs_model), subspace, comm=comm, max_trials=3)
         comm.clear()
         x, y = batches[0]
         for _ in range(2):
@@ -102,6 +102,26 @@ def storage_steps(context, opts):
     for key in variants:
         out['options'][key]['step_s'] = [s / len(batches) for s in secs(results, key)]
     return out
+
+
+def cpu_projection(d, n, report, repeats=5):
+    """The work a step adds with P on the CPU (--basis-device cpu): coords + lift of a d x n P
+    there, per byte of P, float32 and bf16 (in this process, the bench's threads)."""
+    P = dldr.random_basis(d, n, 0)
+    g, rates = torch.randn(n), {}
+    for dtype in ('float32', 'bf16'):
+        subspace = dldr.CompactSubspace(P, n, dtype=dtype)
+        results = interleave({dtype: lambda s=subspace: s.lift(s.coords(g))}, repeats + 1,
+                             torch.device('cpu'))
+        seconds = sorted(secs(results, dtype)[1:])[repeats // 2]
+        rates[dtype] = subspace.basis_bytes / seconds
+        print(f'  P on the CPU: coords + lift of a {d} x {n} {dtype} P: {ms(seconds)} = '
+              f'{rates[dtype] / 1e9:.2f} GB of P per second; ResNet-50 at d = 120 '
+              f'({basis_bytes_formula(120, SCALE_MODELS[1][1], dtype, False, 0, 1) / 1e9:.1f} GB) '
+              f'would add ~{basis_bytes_formula(120, SCALE_MODELS[1][1], dtype, False, 0, 1) / rates[dtype]:.1f} s per step')
+    report.rows.append(dict(metric='CPU projection throughput, bf16 P / float32 P (GB/s; not rated)',
+                            ours=None, baseline=None, ratio=rates['bf16'] / rates['float32'],
+                            target='-', ok='info', unit='', detail=rates))
 
 
 def memory_table(dims=(30, 40, 120), world=8):
@@ -164,7 +184,8 @@ def run(args, shared, report):
                                         ours=None, baseline=None, ratio=ratio, target='-', ok='info',
                                         unit='s', detail=print_only))
     if device.type != 'cuda':
-        print('  (--basis-device cpu is only a choice next to a GPU: its ratio is measured by '
+        print('  (--basis-device cpu is only a choice next to a GPU: its step ratio is measured by '
               'python bench.py --device cuda --only 8)')
+    cpu_projection(d, n, report)
     print(f'\n  memory of P per rank at model scale (GB = 1e9 bytes; formula d x n x bytes / W):\n')
     print(memory_table())

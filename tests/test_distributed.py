@@ -137,10 +137,24 @@ def basis_block_run(context):
                            gather=False).P
 
 
+def storage_run(context):
+    """subspace_run's dldr kind with --shard-basis --basis-dtype bf16 (the whole P in 1 process):
+    the type built, P's bytes here, and the projection of a fixed vector (a collective when
+    sharded: the same on every rank)."""
+    import subspace_run
+    storage = subspace_run.Storage(shard=context.world_size > 1, dtype='bf16')
+    X = trajectory()
+    subspace, _ = subspace_run.KINDS['dldr'].build(X, 4, X.shape[1], 0, context.device, 8 * 12 * 100,
+                                                   context.comm, storage)
+    g = torch.randn(X.shape[1], generator=torch.Generator().manual_seed(3))
+    return type(subspace).__name__, subspace.basis_bytes, subspace.project(g)
+
+
 def all_runs(context):
     return {'psgd': psgd_run(context), 'pbfgs': pbfgs_run(context), 'basis': basis_run(context),
             'psgd_sharded': psgd_run(context, shard=True),
-            'pbfgs_sharded': pbfgs_run(context, shard=True), 'basis_block': basis_block_run(context)}
+            'pbfgs_sharded': pbfgs_run(context, shard=True), 'basis_block': basis_block_run(context),
+            'storage': storage_run(context)}
 
 
 @pytest.fixture(scope='module')
@@ -242,6 +256,19 @@ def test_unsharded_extraction_block_is_the_gathered_columns(runs):
         lo, hi = dldr.shard_range(n, rank, 2)
         assert torch.equal(result['basis_block'], result['basis'][:, lo:hi])
     assert torch.equal(single['basis_block'], single['basis'])
+
+
+def test_run_setup_builds_a_sharded_bf16_basis_projecting_as_the_whole_one(runs):
+    single, (rank0, rank1) = runs
+    n = trajectory().shape[1]  # 1001: the ranks hold 501 and 500 columns
+    assert rank0['storage'][:2] == ('CompactSubspace', 4 * 501 * 2)
+    assert rank1['storage'][:2] == ('CompactSubspace', 4 * 500 * 2)
+    assert single['storage'][:2] == ('CompactSubspace', 4 * n * 2)
+    assert torch.equal(rank0['storage'][2], rank1['storage'][2])
+    g = torch.randn(n, generator=torch.Generator().manual_seed(3)).double()
+    for result in (rank0, single):  # P^T P g of the gathered float32 P of the same ranks, rounded
+        P = result['basis'].bfloat16().double()
+        torch.testing.assert_close(result['storage'][2].double(), P.T @ (P @ g), rtol=1e-5, atol=1e-6)
 
 
 def test_every_image_counted_once_in_sharded_evaluation(runs):
