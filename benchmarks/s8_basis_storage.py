@@ -146,12 +146,14 @@ def run(args, shared, report):
     options = list(OPTIONS) + ([('float32', False, 'cpu')] if device.type == 'cuda' else [])
     d = args.n_components
     opts = dict(arch=args.arch, batch=args.batch_size, d=d, steps=args.steps,
-                rounds=max(3, args.repeats // 3), options=options)
+                rounds=max(3, args.repeats // 5), options=options)
     print(f'\n== 8. basis storage: P bytes per rank, bytes per step, P-SGD step time per option '
           f'(batch {args.batch_size}, d = {d}) ==')
     if device.type == 'cpu':
-        per_world = {1: spawn_local(storage_steps, 1, dict(opts, threads=cpus), timeout=900),
-                     2: spawn_local(storage_steps, 2, dict(opts, threads=max(1, cpus // 2)), timeout=900)}
+        threads = args.threads or cpus  # 1 process x threads, 2 processes x threads / 2
+        per_world = {1: spawn_local(storage_steps, 1, dict(opts, threads=threads), timeout=900),
+                     2: spawn_local(storage_steps, 2, dict(opts, threads=max(1, threads // 2)),
+                                    timeout=900)}
     else:  # one process on the device (the 2-rank gloo runs are the CPU's)
         per_world = {1: [storage_steps(Context(device), dict(opts, threads=torch.get_num_threads()))]}
     n = per_world[1][0]['n']
