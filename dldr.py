@@ -13,15 +13,17 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   step).
 * :class:`Subspace`: the one interface every subspace kind offers — ``coords`` (g -> P g),
   ``lift`` (c -> P^T c), ``dim``, ``n``.  :class:`DenseSubspace` holds an explicit P (DLDR, TWA,
-  random).  P-SGD (:func:`project_grads_`, then ``torch.optim.SGD``) and P-BFGS never know
-  which kind they have.
+  random); :class:`CompactSubspace` holds it compactly: in bf16 / fp16 / int8, on another device,
+  and/or only this rank's block of columns (sharded).  P-SGD (:func:`project_grads_`, then
+  ``torch.optim.SGD``) and P-BFGS never know which kind they have.
 * :class:`PBFGS` (Algorithm 2): BFGS on the coordinates g~ = P g with a backtracking Armijo
   line search, optionally plus momentum on the residual g - P^T g~.
 * :class:`Comm`: the one place where data-parallel ranks communicate.  A subspace step exchanges
   the d coordinates of the gradient (mean_r P g_r = P mean_r g_r) and the loss scalars, never an
-  n-vector; the basis extraction exchanges t x t and d x d partial sums and gathers P once.  The
-  default :data:`LOCAL` is a single process (no communication); ``distributed.DistComm`` implements
-  it with ``torch.distributed``.
+  n-vector (except with a sharded basis: a reduce-scatter of the gradient and an all-gather of
+  the update); the basis extraction exchanges t x t and d x d partial sums and gathers P once
+  (not at all when sharded).  The default :data:`LOCAL` is a single process (no communication);
+  ``distributed.DistComm`` implements it with ``torch.distributed``.
 """
 import hashlib
 import math
