@@ -109,16 +109,17 @@ def cpu_projection(d, n, report, repeats=5):
     there, per byte of P, float32 and bf16 (in this process, the bench's threads)."""
     P = dldr.random_basis(d, n, 0)
     g, rates = torch.randn(n), {}
-    for dtype in ('float32', 'bf16'):
-        subspace = dldr.CompactSubspace(P, n, dtype=dtype)
-        results = interleave({dtype: lambda s=subspace: s.lift(s.coords(g))}, repeats + 1,
-                             torch.device('cpu'))
-        seconds = sorted(secs(results, dtype)[1:])[repeats // 2]
+    spaces = {dtype: dldr.CompactSubspace(P, n, dtype=dtype) for dtype in ('float32', 'bf16')}
+    results = interleave({dtype: lambda s=s: s.lift(s.coords(g)) for dtype, s in spaces.items()},
+                         repeats + 1, torch.device('cpu'))
+    resnet50 = SCALE_MODELS[1][1]
+    for dtype, subspace in spaces.items():
+        seconds = sorted(secs(results, dtype)[1:])[repeats // 2]  # median after the first round
         rates[dtype] = subspace.basis_bytes / seconds
+        scaled = basis_bytes_formula(120, resnet50, dtype, False, 0, 1)
         print(f'  P on the CPU: coords + lift of a {d} x {n} {dtype} P: {ms(seconds)} = '
               f'{rates[dtype] / 1e9:.2f} GB of P per second; ResNet-50 at d = 120 '
-              f'({basis_bytes_formula(120, SCALE_MODELS[1][1], dtype, False, 0, 1) / 1e9:.1f} GB) '
-              f'would add ~{basis_bytes_formula(120, SCALE_MODELS[1][1], dtype, False, 0, 1) / rates[dtype]:.1f} s per step')
+              f'({scaled / 1e9:.1f} GB) would add ~{scaled / rates[dtype]:.1f} s per step')
     report.rows.append(dict(metric='CPU projection throughput, bf16 P / float32 P (GB/s; not rated)',
                             ours=None, baseline=None, ratio=rates['bf16'] / rates['float32'],
                             target='-', ok='info', unit='', detail=rates))
