@@ -427,3 +427,17 @@ def test_storage_flags_build_the_stored_basis_and_refuse_kinds_without_p(capsys)
     import train_psgd
     args = train_psgd.parse_args([*base, '--shard-basis', '--basis-dtype', 'int8', '--basis-device', 'cpu'])
     assert (args.shard_basis, args.basis_dtype, args.basis_device) == (True, 'int8', 'cpu')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_basis_on_the_cpu_next_to_cuda_parameters():
+    """--basis-device cpu: P stays on the CPU, the vectors on the GPU; the products are P's."""
+    d, n = 5, 4000
+    P = dldr.random_basis(d, n, seed=2)
+    subspace = dldr.store_basis(P, n, device='cuda')
+    assert type(subspace) is dldr.CompactSubspace and subspace.data.device.type == 'cpu'
+    g, c = torch.randn(n, device='cuda'), torch.randn(d, device='cuda')
+    coords, lifted = subspace.coords(g), subspace.lift(c)
+    assert coords.is_cuda and lifted.is_cuda
+    torch.testing.assert_close(coords.cpu(), P @ g.cpu(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lifted.cpu(), P.T @ c.cpu(), rtol=1e-5, atol=1e-6)
