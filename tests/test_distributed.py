@@ -102,12 +102,12 @@ def psgd_run(context, shard=False):
     return dldr.flat_params(params), comm.sent, comm.log, subspace.basis_bytes
 
 
-def pbfgs_run(context, shard=False):
+def pbfgs_run(context, shard=False, **options):
     model = small_net()
     params = dldr.trainable_params(model)
     comm = CountingComm(context.comm)
     subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 2), comm, shard)
-    optimizer = dldr.PBFGS(params, subspace, comm=comm)
+    optimizer = dldr.PBFGS(params, subspace, comm=comm, **options)
     decisions = []  # per step: (trials so far, sum of accepted step sizes so far)
     for x, y in batches(context):
         def closure():
@@ -154,7 +154,13 @@ def all_runs(context):
     return {'psgd': psgd_run(context), 'pbfgs': pbfgs_run(context), 'basis': basis_run(context),
             'psgd_sharded': psgd_run(context, shard=True),
             'pbfgs_sharded': pbfgs_run(context, shard=True), 'basis_block': basis_block_run(context),
-            'storage': storage_run(context)}
+            'storage': storage_run(context),
+            # the other lifts and coords of a step: residual momentum, same-batch curvature pairs
+            'pbfgs_options': pbfgs_run(context, **PBFGS_OPTIONS),
+            'pbfgs_options_sharded': pbfgs_run(context, shard=True, **PBFGS_OPTIONS)}
+
+
+PBFGS_OPTIONS = dict(alpha=0.05, curvature_pairs='same-batch')
 
 
 @pytest.fixture(scope='module')
@@ -247,6 +253,17 @@ def test_sharded_basis_pbfgs_same_iterates_and_line_search_decisions(runs):
     assert log.count(('all_reduce', (D + 1) * 4)) == STEPS and log.count(('all_reduce', 4)) == trials
     assert len(log) == 3 * STEPS + trials
     assert sum(b for _, b in log) == STEPS * (8 * W * size + 4 * (D + 1)) + 4 * trials
+
+
+def test_sharded_basis_pbfgs_with_residual_momentum_and_same_batch_pairs(runs):
+    single, (rank0, rank1) = runs
+    w0 = dldr.flat_params(dldr.trainable_params(small_net()))
+    sharded, whole = rank0['pbfgs_options_sharded'], single['pbfgs_options']
+    assert torch.equal(sharded[0], rank1['pbfgs_options_sharded'][0])
+    assert relative_error(sharded[0], whole[0]) < 1e-5
+    assert relative_error(sharded[0] - w0, whole[0] - w0) < 1e-4
+    assert sharded[4] == whole[4]
+    assert relative_error(whole[0], single['pbfgs'][0]) > 1e-4  # the options changed the steps
 
 
 def test_unsharded_extraction_block_is_the_gathered_columns(runs):
