@@ -238,10 +238,12 @@ def _stream_gram(block_of, t: int, ranges, device: torch.device, comm: Comm) -> 
 
 
 def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
-                      device: torch.device, comm: Comm, gather: bool = True) -> Tensor:
+                      device: torch.device, comm: Comm, gather: bool = True,
+                      store_device=None) -> Tensor:
     """Pass 2: the d x n float32 matrix with columns [a, b) = ``rows_of(a, b)`` (d x (b - a)),
     its rows re-orthonormalised, gathered from every rank's ``shard`` (without ``gather``: only
-    this rank's columns ``shard``, d x (hi - lo)).
+    this rank's columns ``shard``, d x (hi - lo)).  The result is held on ``store_device``
+    (default ``device``, where it is computed chunk by chunk).
 
     With the summed overlap P P^T = L L^T (float64, from the rows before rounding), L^{-1} P has
     orthonormal rows spanning the same space, row i mixing only rows 1..i: the Gram–Schmidt
@@ -249,7 +251,7 @@ def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
     a CholeskyQR2, which removes what rounding in the first left of the loss of orthogonality.
     """
     lo, hi = shard
-    block = torch.empty(d, hi - lo, dtype=torch.float32, device=device)
+    block = torch.empty(d, hi - lo, dtype=torch.float32, device=store_device or device)
     overlap = torch.zeros(d, d, dtype=torch.float64, device=device)
     for a, b in ranges:
         rows = rows_of(a, b).to(torch.float64)
@@ -263,12 +265,12 @@ def _orthonormal_rows(rows_of, d: int, n: int, shard: tuple[int, int], ranges,
     whitening = torch.linalg.solve_triangular(
         cholesky, torch.eye(d, dtype=torch.float64, device=device), upper=False)
     for a, b in ranges:
-        block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].double()
-    return _gather_columns(block, n, comm) if gather else block
+        block[:, a - lo:b - lo] = whitening @ block[:, a - lo:b - lo].to(device, torch.float64)
+    return _gather_columns(block, n, comm, device) if gather else block
 
 
 def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | None = None,
-               comm: Comm = LOCAL, gather: bool = True) -> Basis:
+               comm: Comm = LOCAL, gather: bool = True, store_device=None) -> Basis:
     """Top-``n_components`` principal directions of a trajectory (paper Algorithm 1).
 
     With X = [w_1 .. w_t] (n x t) and W = X H its centred version (H = I - 11^T/t), the rows of
@@ -296,6 +298,8 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
         comm: the ranks sharing the work (default: this process alone).
         gather: False: ``P`` is only this rank's block of columns ``shard_range(n, rank,
             world_size)`` (d x (hi - lo)), not gathered: a sharded basis (:class:`CompactSubspace`).
+        store_device: where the float32 result is held (default ``device``): e.g. the host,
+            computing on a GPU that will only hold P in a low-precision copy.
 
     Raises:
         ValueError: bad ``n_components``, snapshots of unequal length, non-finite snapshots, or a
@@ -325,12 +329,13 @@ def dldr_basis(snapshots, n_components: int, *, device=None, max_bytes: int | No
 
     coefficients = (eigenvectors[:, :d] / eigenvalues[:d].sqrt()).T.contiguous().to(device)  # d x t
     P = _orthonormal_rows(lambda a, b: coefficients @ centred(a, b), d, n, shard[:2], shard[2],
-                          device, comm, gather)
+                          device, comm, gather, store_device)
     return Basis(P=P, eigenvalues=eigenvalues)
 
 
 def twa_basis(snapshots, n_components: int | None = None, *, device=None,
-              max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True) -> Tensor:
+              max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True,
+              store_device=None) -> Tensor:
     """Orthonormal basis of the raw (uncentred) snapshots, as Trainable Weight Averaging (Li et
     al., ICLR 2023, github nblt/TWA) builds it: Gram–Schmidt of w_1, w_2, ... in order.
 
@@ -341,7 +346,7 @@ def twa_basis(snapshots, n_components: int | None = None, *, device=None,
     float64, G = L L^T, pass 2 writes P[:, c] = L^{-1} X_c^T chunk by chunk, and the final
     re-orthonormalisation makes it a CholeskyQR2 (orthonormal to rounding even when a snapshot is
     nearly in the span of the earlier ones, as consecutive SGD snapshots are).  ``gather=False``:
-    only this rank's block of columns, as :func:`dldr_basis`.
+    only this rank's block of columns; ``store_device``: where P is held; as :func:`dldr_basis`.
 
     Raises:
         ValueError: d outside 1..t, unequal lengths, non-finite snapshots, or a snapshot whose
@@ -368,7 +373,7 @@ def twa_basis(snapshots, n_components: int | None = None, *, device=None,
     coefficients = torch.linalg.solve_triangular(
         cholesky, torch.eye(d, dtype=torch.float64), upper=False).to(device)  # L^{-1}
     return _orthonormal_rows(lambda a, b: coefficients @ raw(a, b), d, n, shard[:2], shard[2],
-                             device, comm, gather)
+                             device, comm, gather, store_device)
 
 
 def snapshot_mean(snapshots, *, device=None, max_bytes: int | None = None) -> Tensor:
@@ -411,7 +416,8 @@ class _GaussianColumns:
 
 
 def random_basis(n_components: int, n: int, seed: int, *, device=None,
-                 max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True) -> Tensor:
+                 max_bytes: int | None = None, comm: Comm = LOCAL, gather: bool = True,
+                 store_device=None) -> Tensor:
     """A uniformly random d-dimensional subspace of R^n (Li et al. 2018; Larsen et al. 2022):
     P (d x n float32) = the Gaussian rows of :class:`_GaussianColumns`, orthonormalised (Cholesky
     of the summed P P^T, as :func:`dldr_basis` ends).
@@ -419,7 +425,8 @@ def random_basis(n_components: int, n: int, seed: int, *, device=None,
     Generated chunk by chunk on ``device`` (memory d x n + a chunk; ``comm`` shards the columns
     as :func:`dldr_basis` does): reproducible from ``seed``, and identical for any ``max_bytes``
     or number of ranks on the same kind of device (CPU and CUDA generators draw different numbers).
-    ``gather=False``: only this rank's block of columns, as :func:`dldr_basis`.
+    ``gather=False``: only this rank's block of columns; ``store_device``: where P is held; as
+    :func:`dldr_basis`.
     """
     d = n_components
     if not 1 <= d <= n:
@@ -427,19 +434,26 @@ def random_basis(n_components: int, n: int, seed: int, *, device=None,
     device = torch.device('cpu' if device is None else device)
     lo, hi, ranges = _chunk_ranges(n, 12 * d, max_bytes, comm)
     return _orthonormal_rows(_GaussianColumns(d, seed, device), d, n,
-                             (lo, hi), ranges, device, comm, gather)
+                             (lo, hi), ranges, device, comm, gather, store_device)
 
 
-def _gather_columns(block: Tensor, n: int, comm: Comm) -> Tensor:
-    """The d x n matrix whose columns :func:`shard_range` are every rank's ``block``."""
+def _gather_columns(block: Tensor, n: int, comm: Comm, device=None) -> Tensor:
+    """The d x n matrix whose columns :func:`shard_range` are every rank's ``block``, on
+    ``block``'s device; the rows travel through ``device`` (default: the same), e.g. a GPU for
+    nccl when ``block`` is held in host memory."""
     if comm.world_size == 1:
         return block
     size = math.ceil(n / comm.world_size)
+    device = block.device if device is None else torch.device(device)
     padded = torch.zeros(block.shape[0], size * comm.world_size, dtype=block.dtype, device=block.device)
-    mine = torch.zeros(size, dtype=block.dtype, device=block.device)
+    mine = torch.zeros(size, dtype=block.dtype, device=device)
+    staged = device != block.device
+    row_out = torch.empty(size * comm.world_size, dtype=block.dtype, device=device) if staged else None
     for i, row in enumerate(block):  # row by row: no second d x n copy is ever held
         mine[:row.numel()] = row
-        comm.all_gather_(list(padded[i].split(size)), mine)
+        comm.all_gather_(list((row_out if staged else padded[i]).split(size)), mine)
+        if staged:
+            padded[i] = row_out
     return padded[:, :n]
 
 
@@ -528,9 +542,11 @@ class CompactSubspace(Subspace):
       columns are cast to float32 in chunks of :data:`PRODUCT_CHUNK_BYTES` (float32 P: one
       ``torch.mv``).  Rounding P makes its rows orthonormal only to the type's precision; the
       iterates still stay exactly in w_0 + span(P^T) of the rounded P.
-    * ``block``'s device is where P lives (e.g. the CPU while the model trains on a GPU):
-      :meth:`coords` moves g (or this rank's block of it) there and the d coordinates back,
-      :meth:`lift` the d coordinates there and the n-vector back to ``c``'s device.
+    * ``device`` (default: ``block``'s) is where P lives (e.g. the CPU while the model trains on a
+      GPU): :meth:`coords` moves g (or this rank's block of it) there and the d coordinates back,
+      :meth:`lift` the d coordinates there and the n-vector back to ``c``'s device.  ``block``
+      (float32) is converted chunk by chunk: it may be held elsewhere (e.g. in host memory, so
+      that a GPU never holds P in float32, ``dldr_basis(..., store_device='cpu')``).
     * ``comm`` (sharded): ``block`` is only this rank's columns [lo, hi) = :func:`shard_range`
       (n, rank, W) of P, as the basis functions return them with ``gather=False``.  Then, with
       ḡ = mean_r g_r and P_r this rank's block:
@@ -549,7 +565,7 @@ class CompactSubspace(Subspace):
     """
 
     def __init__(self, block: Tensor, n: int, *, dtype: str = 'float32', comm: Comm | None = None,
-                 chunk_bytes: int = PRODUCT_CHUNK_BYTES):
+                 device=None, chunk_bytes: int = PRODUCT_CHUNK_BYTES):
         if dtype not in BASIS_DTYPES:
             raise ValueError(f'dtype must be one of {tuple(BASIS_DTYPES)}, got {dtype!r}')
         if block.ndim != 2:
@@ -562,21 +578,24 @@ class CompactSubspace(Subspace):
                              f'an n = {n} basis: expected {self.hi - self.lo} columns, got {block.shape[1]}')
         self.dim, self.n, self.dtype_name = block.shape[0], n, dtype
         self.shard_size, self.world_size = math.ceil(n / world), world
-        self.device = block.device
+        self.device = block.device if device is None else torch.device(device)
         storage = BASIS_DTYPES[dtype]
         self.chunk = max(1, chunk_bytes // (4 * max(self.dim, 1)))
         self.scale = None
+        if storage == torch.float32 and self.device == block.device:
+            self.data = block.float().contiguous()  # (no copy: the block itself)
+            return
         if storage in _SCALED_MAX:
             absmax = block.abs().amax(dim=1).float() if block.numel() else torch.zeros(self.dim)
             self.scale = torch.where(absmax > 0, absmax / _SCALED_MAX[storage],
                                      torch.ones_like(absmax)).to(self.device)
-            self.data = torch.empty(block.shape, dtype=storage, device=self.device)
-            for a in range(0, block.shape[1], self.chunk):  # chunk-wise: no second float32 copy
-                b = min(a + self.chunk, block.shape[1])
-                q = block[:, a:b].float() / self.scale[:, None]
-                self.data[:, a:b] = q.round_() if storage == torch.int8 else q
-        else:
-            self.data = block.to(storage).contiguous()
+        self.data = torch.empty(block.shape, dtype=storage, device=self.device)
+        for a in range(0, block.shape[1], self.chunk):  # chunk-wise: no second float32 copy
+            b = min(a + self.chunk, block.shape[1])
+            q = block[:, a:b].to(self.device, torch.float32)
+            if self.scale is not None:
+                q = q / self.scale[:, None]
+            self.data[:, a:b] = q.round_() if storage == torch.int8 else q
 
     @property
     def basis_bytes(self) -> int:
@@ -640,15 +659,17 @@ class CompactSubspace(Subspace):
 
 
 def store_basis(block: Tensor, n: int, *, dtype: str = 'float32', shard_comm: Comm | None = None,
-                device=None) -> Subspace:
-    """The :class:`Subspace` of a basis block returned by a basis function: the plain
-    :class:`DenseSubspace` for a whole float32 P on ``device`` (where the parameters live; default:
-    P's), else a :class:`CompactSubspace` (``dtype``; ``shard_comm``: the ranks ``block`` is
-    sharded over, computed with ``gather=False``)."""
-    same_device = device is None or torch.device(device) == block.device
-    if dtype == 'float32' and (shard_comm is None or shard_comm.world_size == 1) and same_device:
+                device=None, basis_device=None) -> Subspace:
+    """The :class:`Subspace` of a float32 basis block returned by a basis function: the plain
+    :class:`DenseSubspace` for a whole float32 P on ``device`` (where the parameters live), else
+    a :class:`CompactSubspace` (``dtype``; ``shard_comm``: the ranks ``block`` is sharded over,
+    computed with ``gather=False``) on ``basis_device``.  Both devices default to ``block``'s."""
+    basis_device = block.device if basis_device is None else torch.device(basis_device)
+    device = basis_device if device is None else torch.device(device)
+    if (dtype == 'float32' and (shard_comm is None or shard_comm.world_size == 1)
+            and device == basis_device == block.device):
         return DenseSubspace(block)
-    return CompactSubspace(block, n, dtype=dtype, comm=shard_comm)
+    return CompactSubspace(block, n, dtype=dtype, comm=shard_comm, device=basis_device)
 
 
 def fwht(x: Tensor) -> Tensor:

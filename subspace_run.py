@@ -44,16 +44,23 @@ class Storage:
         """The device P is computed and stored on."""
         return torch.device(self.device) if self.device else device
 
+    @property
+    def staging(self):
+        """Where the basis functions hold the float32 P before it is stored: the host when P is
+        kept in a low-precision type (so the device never holds it in float32), else where it is
+        computed (None)."""
+        return torch.device('cpu') if self.dtype != 'float32' else None
+
     def subspace(self, block, n, device, comm):
         """The :class:`dldr.Subspace` of ``block`` (the whole P, or this rank's columns when
         sharded) for parameters on ``device``."""
         return dldr.store_basis(block, n, dtype=self.dtype, shard_comm=comm if self.shard else None,
-                                device=device)
+                                device=device, basis_device=self.where(device))
 
 
 def _dldr(trajectory, d, n, seed, device, memory, comm, storage):
     basis = dldr.dldr_basis(trajectory, d, device=storage.where(device), max_bytes=memory,
-                            comm=comm, gather=not storage.shard)
+                            comm=comm, gather=not storage.shard, store_device=storage.staging)
     ratio = basis.explained_variance_ratio.tolist()
     return storage.subspace(basis.P, n, device, comm), {
         'explained_variance_ratio': ratio, 'cumulative_explained_variance': np.cumsum(ratio).tolist(),
@@ -62,13 +69,15 @@ def _dldr(trajectory, d, n, seed, device, memory, comm, storage):
 
 def _twa(trajectory, d, n, seed, device, memory, comm, storage):
     return storage.subspace(dldr.twa_basis(trajectory, d, device=storage.where(device),
-                                           max_bytes=memory, comm=comm, gather=not storage.shard),
+                                           max_bytes=memory, comm=comm, gather=not storage.shard,
+                                           store_device=storage.staging),
                             n, device, comm), {}
 
 
 def _random(trajectory, d, n, seed, device, memory, comm, storage):
     return storage.subspace(dldr.random_basis(d, n, seed, device=storage.where(device),
-                                              max_bytes=memory, comm=comm, gather=not storage.shard),
+                                              max_bytes=memory, comm=comm, gather=not storage.shard,
+                                              store_device=storage.staging),
                             n, device, comm), {}
 
 

@@ -441,3 +441,17 @@ def test_basis_on_the_cpu_next_to_cuda_parameters():
     assert coords.is_cuda and lifted.is_cuda
     torch.testing.assert_close(coords.cpu(), P @ g.cpu(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(lifted.cpu(), P.T @ c.cpu(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_low_precision_basis_never_held_in_float32_on_the_gpu():
+    """--basis-dtype bf16 on CUDA: the extraction keeps the float32 P in host memory
+    (store_device) and the GPU receives only the bf16 copy."""
+    X = trajectory(6, 3000, seed=4, offset=0.0)
+    on_gpu = dldr.dldr_basis(X.cuda(), 3).P
+    staged = dldr.dldr_basis(X.cuda(), 3, store_device='cpu').P
+    assert staged.device.type == 'cpu'
+    torch.testing.assert_close(staged, on_gpu.cpu(), rtol=0, atol=0)
+    subspace = dldr.store_basis(staged, 3000, dtype='bf16', device='cuda', basis_device='cuda')
+    assert subspace.data.is_cuda and subspace.data.dtype == torch.bfloat16
+    torch.testing.assert_close(subspace.data.cpu(), staged.bfloat16(), rtol=0, atol=0)
