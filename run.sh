@@ -25,6 +25,12 @@
 #                            minutes (CI does); a finished step is skipped and SGD resumes
 #                            (--resume auto), so an interrupted recipe continues where it stopped;
 #                            SEEDS="1 2 3" (resnet8) / LEVELS="0.2 0.4" (noise) choose the trials.
+#   DATA=/path/to/imagefolder bash run.sh vit
+#                            a trained ViT improved in a subspace of its fine-tuning trajectory:
+#                            timm's vit_tiny_patch16_224 at 32 px on the CIFAR-10 JPEG folder (DATA
+#                            holds train/ and val/), AdamW from scratch, SGD fine-tuning with
+#                            snapshots, then P-SGD / P-BFGS in their span -> table in runs/vit
+#                            (SIZE=ci: synthetic data, timm's test_vit, a minute)
 #   DATA=/path/to/cifar bash run.sh gpu-check
 #                            the first command on a machine with a GPU: the CUDA tests, bench on
 #                            CUDA, a short ResNet20 sequence with AMP and channels_last, torchrun
@@ -218,6 +224,38 @@ noise() {
     python plot.py curves "$dir"/c* --out "$dir" |& tee -a "$dir/log"
 }
 
+vit() {
+    # Full: timm/vit_tiny_patch16_224 (5.5M parameters) at 32 px (2x2 patches of 16) on 20k of the
+    # folder's training images (--smalldatasets 0.4), the full val/ set.  1. AdamW from scratch,
+    # lr 5e-4, wd 0.05, batch 128, 10 epochs (x0.1 after 7 and 9): the trained model.  2. SGD
+    # fine-tuning from it (lr 0.01, momentum 0.9, 4 epochs), a snapshot every 40 iterations.
+    # 3. From the trained model (fine-tuning snapshot 0): P-SGD (lr 0.01 as the fine-tuning: the
+    # paper's lr 1, meant for training from scratch, wrecks a trained model) and P-BFGS (batch
+    # 256), 2 epochs each, in the 10-D DLDR subspace of the fine-tuning snapshots.
+    local dir common e m fe every d pe
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=runs/vit_ci common="--datasets synthetic --smalldatasets 0.1 --arch timm/test_vit -p 0"
+        e=3 m="2" fe=2 every=4 d=4 pe=1
+    else
+        local data=${DATA:?set DATA=/path/to/cifar10_jpeg (train/ and val/, one folder per class)}
+        dir=runs/vit common="--datasets ImageNet --data-dir $data --image-size 32 -j 1 --smalldatasets 0.4 --arch timm/vit_tiny_patch16_224 -p 100"
+        e=10 m="7 9" fe=4 every=40 d=10 pe=2
+    fi
+    mkdir -p "$dir"
+    sgd_once "$dir/train" "$dir/log" $common --optimizer adamw --lr 5e-4 --wd 0.05 --epochs $e \
+        --lr-milestones $m "$@"
+    sgd_once "$dir/finetune" "$dir/log" $common --pretrained "$dir/train/$e.pt" --lr 0.01 --epochs $fe \
+        --lr-milestones --snapshot-every $every "$@"
+    local end
+    end=$(python metrics.py snapshots "$dir/finetune/metrics_sgd.json")
+    local sub="$common --params_start 0 --params_end $end --n_components $d --save-dir $dir/finetune"
+    once "$dir/finetune/metrics_psgd_d${d}_0-$end.json" "$dir/log" train_psgd.py $sub --lr 0.01 --epochs $pe \
+        --lr-milestones "$@"
+    once "$dir/finetune/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $sub --epochs $pe \
+        --batch-size 256 "$@"
+    python tables.py vit "$dir"
+}
+
 gpu_check() {
     # One GPU, under 8 minutes: what CI (CPU only) cannot check.  Prints what it measured.
     python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
@@ -250,8 +288,9 @@ case "$mode" in
     resnet8) resnet8 "$@" ;;
     pbfgs-batch) pbfgs_batch "$@" ;;
     noise) noise "$@" ;;
+    vit) vit "$@" ;;
     gpu-check) gpu_check "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|gpu-check|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|vit|gpu-check|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac
