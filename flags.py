@@ -165,8 +165,10 @@ def add_sgd_args(p):
     """Flags of the sampling run (train_sgd.py) only."""
     g = p.add_argument_group('sampling run')
     a = g.add_argument
-    a('--optimizer', default='sgd', choices=('sgd', 'adam'),
-      help='optimizer of the sampling run (adam uses lr 0.001 as the reference)')
+    a('--optimizer', default='sgd', choices=('sgd', 'adam', 'adamw'),
+      help='optimizer of the sampling run (adam uses lr 0.001 as the reference; adamw --lr and '
+           '--weight-decay as given, e.g. --lr 1e-3 --wd 0.05 for a ViT, no decay on biases, '
+           'norms, position embedding and class token)')
     a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
       help='with --resume: the epoch to continue from (taken from the checkpoint, which overrides '
            'it); without --resume only 0 is accepted')

@@ -124,9 +124,17 @@ def main(argv=None):
     f = sub.add_parser('finished', help='exit status 0 when the run of a metrics file has finished, '
                                         '1 when it is absent or unfinished (run.sh skips finished steps)')
     f.add_argument('path', metavar='FILE', help='a metrics_*.json')
+    s = sub.add_parser('snapshots', help='the number of snapshots a sampling run wrote (0..N-1: '
+                                         'run.sh passes N as --params_end)')
+    s.add_argument('path', metavar='FILE', help='a metrics_sgd.json')
     args = p.parse_args(argv)
     if args.command == 'finished':
         sys.exit(0 if finished(args.path) else 1)
+    if args.command == 'snapshots':
+        if not os.path.isfile(args.path):
+            raise UserError(f'no such file: {args.path}')
+        print(len(load(args.path).get('snapshots', [])))
+        return
     if not os.path.isdir(args.folder):
         raise UserError(f'no such folder: {args.folder}')
     print(table(args.folder))

@@ -18,13 +18,20 @@
 #   DATA=/path/to/cifar bash run.sh pbfgs-batch
 #                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024
 #   DATA=/path/to/cifar bash run.sh noise
-#                            label noise 20% and 40% (ResNet8, 20k images): SGD 24 epochs, long enough
-#                            to fit wrong labels, P-BFGS / P-SGD from the snapshots before the decay
+#                            label noise 20% and 40% (ResNet8, 20k images, no augmentation): SGD 30
+#                            epochs, long enough to memorise wrong labels, P-BFGS / P-SGD from the
+#                            snapshots before the decay
 #                            -> table and noise figure in runs/noise
 #                            These three: SIZE=ci runs the same sequence on synthetic data in
 #                            minutes (CI does); a finished step is skipped and SGD resumes
 #                            (--resume auto), so an interrupted recipe continues where it stopped;
 #                            SEEDS="1 2 3" (resnet8) / LEVELS="0.2 0.4" (noise) choose the trials.
+#   DATA=/path/to/imagefolder bash run.sh vit
+#                            a trained ViT improved in a subspace of its fine-tuning trajectory:
+#                            timm's vit_tiny_patch16_224 at 32 px on the CIFAR-10 JPEG folder (DATA
+#                            holds train/ and val/), AdamW from scratch, SGD fine-tuning with
+#                            snapshots, then P-SGD / P-BFGS in their span -> table in runs/vit
+#                            (SIZE=ci: synthetic data, timm's test_vit, a minute)
 #   DATA=/path/to/cifar bash run.sh gpu-check
 #                            the first command on a machine with a GPU: the CUDA tests, bench on
 #                            CUDA, a short ResNet20 sequence with AMP and channels_last, torchrun
@@ -193,29 +200,63 @@ pbfgs_batch() {
 }
 
 noise() {
-    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), SGD 24
-    # epochs (x0.1 after 12 and 18: after the decay SGD fits the wrong labels); P-BFGS (batch
-    # 1024) and P-SGD in the 15-D subspace of snapshots 0..12 (before the decay), 3 epochs each.
+    # Label noise C in 0.2 0.4: ResNet8 on 20k CIFAR-10 images (--smalldatasets 0.4), without
+    # augmentation (--no-augment: with it ResNet8 does not fit the wrong labels in a CPU budget),
+    # SGD 30 epochs (x0.1 after 15 and 25: after the first decay SGD memorises the wrong labels,
+    # training accuracy rising, test accuracy falling); P-BFGS (batch 256: 79 steps an epoch, see
+    # pbfgs-batch) and P-SGD in the 15-D subspace of snapshots 0..15 (up to the decay), 3 epochs each.
     local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4}
     if [ "${SIZE:-full}" = ci ]; then
-        dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
+        dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 --no-augment -p 0"
         e=6 m="3 5" end=4 d=3 pe=2 pm=1
     else
-        dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 -p 100"
-        e=24 m="12 18" end=13 d=15 pe=3 pm=2
+        dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 --no-augment -p 100"
+        e=30 m="15 25" end=16 d=15 pe=3 pm=2
     fi
     mkdir -p "$dir"
     for c in $levels; do
         local run="$dir/c$c"
         sgd_once "$run" "$dir/log" $common --corrupt "$c" --lr 0.1 --epochs $e --lr-milestones $m "$@"
         local sub="$common --corrupt $c --params_start 0 --params_end $end --n_components $d --save-dir $run"
-        once "$run/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $sub --epochs $pe --batch-size 1024 "$@"
+        once "$run/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $sub --epochs $pe --batch-size 256 "$@"
         once "$run/metrics_psgd_d${d}_0-$end.json" "$dir/log" train_psgd.py $sub --lr 1 --epochs $pe \
             --lr-milestones $pm "$@"
     done
     python tables.py noise "$dir"
     python plot.py noise "$dir"/c* --out "$dir" |& tee -a "$dir/log"
     python plot.py curves "$dir"/c* --out "$dir" |& tee -a "$dir/log"
+}
+
+vit() {
+    # Full: timm/vit_tiny_patch16_224 (5.5M parameters) at 32 px (2x2 patches of 16) on 20k of the
+    # folder's training images (--smalldatasets 0.4), the full val/ set.  1. AdamW from scratch,
+    # lr 5e-4, wd 0.05, batch 128, 10 epochs (x0.1 after 7 and 9): the trained model.  2. SGD
+    # fine-tuning from it (lr 0.01, momentum 0.9, 4 epochs), a snapshot every 40 iterations.
+    # 3. From the trained model (fine-tuning snapshot 0): P-SGD (lr 0.01 as the fine-tuning: the
+    # paper's lr 1, meant for training from scratch, wrecks a trained model) and P-BFGS (batch
+    # 256), 2 epochs each, in the 10-D DLDR subspace of the fine-tuning snapshots.
+    local dir common e m fe every d pe
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=runs/vit_ci common="--datasets synthetic --smalldatasets 0.1 --arch timm/test_vit -p 0"
+        e=3 m="2" fe=2 every=4 d=4 pe=1
+    else
+        local data=${DATA:?set DATA=/path/to/cifar10_jpeg (train/ and val/, one folder per class)}
+        dir=runs/vit common="--datasets ImageNet --data-dir $data --image-size 32 -j 1 --smalldatasets 0.4 --arch timm/vit_tiny_patch16_224 -p 100"
+        e=10 m="7 9" fe=4 every=40 d=10 pe=2
+    fi
+    mkdir -p "$dir"
+    sgd_once "$dir/train" "$dir/log" $common --optimizer adamw --lr 5e-4 --wd 0.05 --epochs $e \
+        --lr-milestones $m "$@"
+    sgd_once "$dir/finetune" "$dir/log" $common --pretrained "$dir/train/$e.pt" --lr 0.01 --epochs $fe \
+        --lr-milestones --snapshot-every $every "$@"
+    local end
+    end=$(python metrics.py snapshots "$dir/finetune/metrics_sgd.json")
+    local sub="$common --params_start 0 --params_end $end --n_components $d --save-dir $dir/finetune"
+    once "$dir/finetune/metrics_psgd_d${d}_0-$end.json" "$dir/log" train_psgd.py $sub --lr 0.01 --epochs $pe \
+        --lr-milestones "$@"
+    once "$dir/finetune/metrics_pbfgs_d${d}_0-$end.json" "$dir/log" train_pbfgs.py $sub --epochs $pe \
+        --batch-size 256 "$@"
+    python tables.py vit "$dir"
 }
 
 gpu_check() {
@@ -250,8 +291,9 @@ case "$mode" in
     resnet8) resnet8 "$@" ;;
     pbfgs-batch) pbfgs_batch "$@" ;;
     noise) noise "$@" ;;
+    vit) vit "$@" ;;
     gpu-check) gpu_check "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|gpu-check|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|vit|gpu-check|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

@@ -3,6 +3,7 @@
     python tables.py resnet8 runs/resnet8          # ResNet8 / CIFAR-10: SGD, random, DLDR (bash run.sh resnet8)
     python tables.py noise runs/noise              # label noise: SGD best and final, P-BFGS, P-SGD (bash run.sh noise)
     python tables.py pbfgs-batch runs/resnet8      # P-BFGS at batch 128 / 256 / 1024 (bash run.sh pbfgs-batch)
+    python tables.py vit runs/vit                  # a trained ViT fine-tuned in a subspace (bash run.sh vit)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
 SGD trajectory: ``sgd_s<seed>`` for resnet8, ``c<level>`` for noise), prints a markdown table
@@ -126,7 +127,30 @@ def pbfgs_batch_table(folder):
     return lines
 
 
-TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table}
+def vit_table(folder):
+    """Rows of the ViT table: the trained model (``folder``/train), SGD fine-tuning from it
+    (``folder``/finetune) and the subspace runs in the span of the fine-tuning snapshots."""
+    lines = ['| stage | trainable dimension | epochs | final test acc | best test acc | minutes |',
+             '| --- | ---: | ---: | ---: | ---: | ---: |']
+    names = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
+    for sub, stage in (('train', 'trained from scratch'), ('finetune', 'then fine-tuned')):
+        order = {'sgd': 0, 'pbfgs': 1, 'psgd': 2}
+        for run in sorted(finished_runs(os.path.join(folder, sub)), key=lambda r: order[r['method']]):
+            if run['method'] == 'sgd':
+                name = f'{stage}: {run["args"]["optimizer"]}, lr {run["args"]["lr"]:g}'
+            else:
+                b = run['basis']
+                name = (f'then {names[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
+                        f'snapshots {b["snapshots"][0]}..{b["snapshots"][1] - 1}, from snapshot '
+                        f'{run["args"]["params_start"]}')
+            lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | '
+                         f'{run["final_test_acc"]:.2f} | {run["best_test_acc"]:.2f} | '
+                         f'{run["seconds"] / 60:.1f} |')
+    return lines
+
+
+TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
+          'vit': vit_table}
 
 
 def parse_args(argv=None):

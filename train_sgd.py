@@ -57,6 +57,15 @@ def milestones(args):
 def make_optimizer(args, model):
     if args.optimizer == 'adam':
         return torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=args.weight_decay)
+    if args.optimizer == 'adamw':
+        # timm's rule: no decay on biases, norms, and what the model names (a ViT's position
+        # embedding and class token)
+        skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        return torch.optim.AdamW([{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}],
+                                 lr=args.lr, weight_decay=args.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay)
 

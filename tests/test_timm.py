@@ -38,9 +38,17 @@ def run_env(script, *args, env):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_vit_sgd_snapshots_psgd_pbfgs(tmp_path):
-    proc = run('train_sgd.py', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', tmp_path)
+@pytest.fixture(scope='module')
+def vit_trajectory(tmp_path_factory):
+    """A ViT's SGD trajectory, snapshots 0..2."""
+    path = tmp_path_factory.mktemp('vit')
+    proc = run('train_sgd.py', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', path)
     assert proc.returncode == 0, proc.stderr
+    return path
+
+
+def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory):
+    tmp_path = vit_trajectory
     expected = shapes(timm_vit().state_dict())
     for k in range(3):  # timm's own names and shapes: a timm checkpoint loads as it is
         snap = torch.load(tmp_path / f'{k}.pt', map_location='cpu', weights_only=True)
@@ -126,3 +134,31 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     start = torch.load(tmp_path / 'file' / '0.pt', map_location='cpu', weights_only=True)
     assert start.keys() == mine.keys() and all(torch.equal(start[k], mine[k]) for k in mine)
 
+
+
+def test_vit_psgd_under_torchrun_equals_one_process(vit_trajectory, tmp_path):
+    """P-SGD of the ViT by 2 gloo ranks under torchrun ends at the 1-process run's weights (the
+    ranks split each global batch; a ViT has no BatchNorm and no dropout here) to float rounding."""
+    import shutil
+    import subprocess
+    args = [*COMMON, '--params_start', '0', '--params_end', '3', '--n_components', '2', '--epochs',
+            '1', '--lr', '0.1', '--bn-update', '0', '--device', 'cpu']
+    for name in ('one', 'two'):
+        (tmp_path / name).mkdir()
+        for k in range(3):
+            shutil.copy(vit_trajectory / f'{k}.pt', tmp_path / name / f'{k}.pt')
+    one = run('train_psgd.py', *args, '--save-dir', tmp_path / 'one')
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                          '--nproc_per_node', '2', 'train_psgd.py', *args, '--save-dir',
+                          tmp_path / 'two'], cwd=ROOT, env=CHILD_ENV, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr
+    a = torch.load(tmp_path / 'one' / 'psgd_d2_0-3.pt', map_location='cpu', weights_only=True)
+    b = torch.load(tmp_path / 'two' / 'psgd_d2_0-3.pt', map_location='cpu', weights_only=True)
+    start = torch.load(vit_trajectory / '0.pt', map_location='cpu', weights_only=True)
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], start[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    metrics = json.loads((tmp_path / 'two' / 'metrics_psgd_d2_0-3.json').read_text())
+    assert metrics['world_size'] == 2

@@ -160,6 +160,50 @@ def test_device_loader_crop_flip_matches_reference_semantics():
     assert 0 < flips.sum() < 10
 
 
+def test_device_loader_without_augmentation_shuffles_only():
+    """--no-augment: the images in the drawn order, pixels untouched, labels with them."""
+    x = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    loader = utils.DeviceLoader(x, torch.arange(10), 4, (0.0, 0.0, 0.0), (1 / 255,) * 3,
+                                torch.device('cpu'), train=True,
+                                generator=torch.Generator().manual_seed(3), augment=False)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat([b[1] for b in batches]), order)
+    np.testing.assert_array_equal(torch.cat([b[0] for b in batches]).numpy(),
+                                  x[order].numpy().astype(np.float32))
+    assert flags.common_parser('t', epochs=1).parse_args(['--no-augment']).augment is False
+
+
+def test_adamw_decays_matrices_only():
+    """--optimizer adamw: one AdamW step equals the closed form, with weight decay applied to
+    the weight matrix and not to the bias or the model's no_weight_decay() parameter."""
+    import train_sgd
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+            self.pos = torch.nn.Parameter(torch.ones(4, 5))
+
+        def no_weight_decay(self):
+            return {'pos'}
+
+    torch.manual_seed(0)
+    model = Tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = SimpleNamespace(optimizer='adamw', lr=0.01, weight_decay=0.5, momentum=0.9)
+    opt = train_sgd.make_optimizer(args, model)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 2.0)
+    opt.step()
+    # first Adam step with a constant gradient: the update is lr * sign(g) (bias-corrected m/sqrt(v))
+    for name, p in model.named_parameters():
+        decay = 0.5 if name == 'fc.weight' else 0.0
+        expect = before[name] * (1 - 0.01 * decay) - 0.01 * 2.0 / (2.0 + 1e-8)
+        torch.testing.assert_close(p.detach(), expect)
+
+
 def test_device_loader_eval_normalises_in_order():
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     loader = utils.DeviceLoader(x, torch.arange(5), 2, (0.5, 0.4, 0.3), (0.2, 0.2, 0.1),
