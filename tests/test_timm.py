@@ -20,7 +20,9 @@ import utils
 
 timm = pytest.importorskip('timm')
 
-VIT = 'vit_tiny_patch16_224'  # 16x16 patches of a 32x32 image: 4 tokens, cheap on the CPU
+# timm's smallest ViT (64 wide, 6 blocks, 0.3M parameters; pretrained tag r160_in1k): 16x16
+# patches of a 32x32 image, 4 tokens, cheap on the CPU; the same VisionTransformer class as vit_tiny
+VIT = 'test_vit'
 COMMON = ['--datasets', 'synthetic', '--arch', f'timm/{VIT}', *SMALL]
 
 
@@ -97,7 +99,9 @@ def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path):
     env = {**CHILD_ENV, 'HF_HUB_CACHE': str(cache)}
     proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir', tmp_path / 'x',
                    env=env)
-    assert_one_line_error(proc, str(cache / f'models--timm--{VIT}.augreg_in21k_ft_in1k'), '--pretrained PATH')
+    from timm.models import get_pretrained_cfg
+    repo = get_pretrained_cfg(VIT).hf_hub_id
+    assert_one_line_error(proc, str(cache / ('models--' + repo.replace('/', '--'))), '--pretrained PATH')
     assert not (tmp_path / 'x' / '0.pt').exists()
 
 
@@ -123,7 +127,8 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     for k in start:  # the body is the cached weights; the head is new (10 classes) and the
         if k.startswith(('blocks.', 'patch_embed.', 'norm.', 'cls_token')):  # position
             assert torch.equal(start[k], imagenet[k]), k                   # embedding resized
-    assert start['head.weight'].shape == (10, 192) and start['pos_embed'].shape == (1, 5, 192)
+    width = timm_vit().embed_dim
+    assert start['head.weight'].shape == (10, width) and start['pos_embed'].shape == (1, 5, width)
 
     torch.manual_seed(4)
     mine = {k: v.contiguous() for k, v in timm_vit().state_dict().items()}
@@ -133,7 +138,6 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     start = torch.load(tmp_path / 'file' / '0.pt', map_location='cpu', weights_only=True)
     assert start.keys() == mine.keys() and all(torch.equal(start[k], mine[k]) for k in mine)
-
 
 
 def test_vit_psgd_under_torchrun_equals_one_process(vit_trajectory, tmp_path):
