@@ -13,7 +13,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import CHILD_ENV, SMALL, assert_one_line_error, run
+from helpers import CHILD_ENV, SMALL, assert_one_line_error, in_process, run
 
 import flags
 import utils
@@ -92,9 +92,10 @@ def test_cnn_and_vit_are_timms_models_with_its_normalisation():
     assert get_pretrained_cfg(VIT).mean == (0.5, 0.5, 0.5)  # (not the ImageNet default: it matters)
 
 
-def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path):
-    proc = run('train_sgd.py', '--datasets', 'synthetic', '--arch', 'timm/no_such_net', '--save-dir', tmp_path)
-    assert_one_line_error(proc, 'no_such_net')
+def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path, capsys):
+    result = in_process(capsys, 'train_sgd', '--datasets', 'synthetic', '--arch', 'timm/no_such_net',
+                        '--save-dir', tmp_path)
+    assert_one_line_error(result, 'no_such_net')
     cache = tmp_path / 'hf'
     env = {**CHILD_ENV, 'HF_HUB_CACHE': str(cache)}
     proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir', tmp_path / 'x',
