@@ -25,6 +25,9 @@ its process group).  The collectives, by caller:
 * ``barrier`` — ``Context.barrier``: the save-dir checked before rank 0 writes; rank 0's files
   complete before the others go on.
 * DDP (train_sgd.py): the gradient all-reduce and the buffer broadcast at every forward.
+
+:class:`CountingComm` wraps any Comm and logs the bytes of each collective (the tests' and
+bench's traffic counts).
 """
 import datetime
 import os
@@ -68,6 +71,41 @@ class DistComm(dldr.Comm):
     def broadcast_(self, tensor, src=0):
         dist.broadcast(tensor, src)
         return tensor
+
+
+class CountingComm(dldr.Comm):
+    """Forwards to ``inner``, logging bytes (dldr.Comm is the one place the method communicates,
+    so wrapping it sees all of a step's traffic): ``sent``, every all-reduce's tensor; ``log``,
+    (collective, bytes) of every collective: the tensor it reduces or gathers on this rank
+    (all-reduce: the tensor; reduce-scatter: all W inputs; all-gather: all W outputs)."""
+
+    def __init__(self, inner):
+        self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
+        self.sent, self.log = [], []
+
+    def all_reduce_(self, tensor, op='mean'):
+        self.sent.append(tensor.numel() * tensor.element_size())
+        self.log.append(('all_reduce', self.sent[-1]))
+        return self.inner.all_reduce_(tensor, op)
+
+    def all_gather_(self, out, tensor):
+        self.log.append(('all_gather', sum(t.numel() * t.element_size() for t in out)))
+        self.inner.all_gather_(out, tensor)
+
+    def reduce_scatter_(self, out, inputs, op='sum'):
+        self.log.append(('reduce_scatter', sum(t.numel() * t.element_size() for t in inputs)))
+        return self.inner.reduce_scatter_(out, inputs, op)
+
+    def broadcast_(self, tensor, src=0):
+        self.log.append(('broadcast', tensor.numel() * tensor.element_size()))
+        return self.inner.broadcast_(tensor, src)
+
+    def barrier(self):
+        self.inner.barrier()
+
+    def clear(self):
+        self.sent.clear()
+        self.log.clear()
 
 
 @dataclass

@@ -13,7 +13,7 @@ import models
 import utils
 # Each engine name is imported by one module of benchmarks/ only (these three here; the others by
 # the one comparison using them), so moving a helper out of engine.py is a one-line change.
-from distributed import Context
+from distributed import Context, CountingComm  # noqa: F401  (CountingComm: used by s6, s8)
 from engine import grad_scaler, train_epoch
 
 MiB = 2**20
@@ -99,38 +99,6 @@ def profile_variants(variants, args, part):
         body = text.getvalue()
         print(f'  --- cProfile, one call of {name} (by own time):')
         print(body[body.find('   ncalls'):].rstrip())
-
-
-# ---------------------------------------------------------------------------------------------
-# Communication
-# ---------------------------------------------------------------------------------------------
-
-class CountingComm(dldr.Comm):
-    """Forwards to ``inner``, logging bytes (dldr.Comm is the one place the method communicates,
-    so wrapping it sees all of a step's traffic): ``sent``, every all-reduce's tensor; ``log``,
-    (collective, bytes) of every collective: the tensor it reduces or gathers on this rank
-    (all-reduce: the tensor; reduce-scatter: all W inputs; all-gather: all W outputs)."""
-
-    def __init__(self, inner):
-        self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
-        self.sent, self.log = [], []
-
-    def all_reduce_(self, tensor, op='mean'):
-        self.sent.append(tensor.numel() * tensor.element_size())
-        self.log.append(('all_reduce', self.sent[-1]))
-        return self.inner.all_reduce_(tensor, op)
-
-    def all_gather_(self, out, tensor):
-        self.log.append(('all_gather', sum(t.numel() * t.element_size() for t in out)))
-        self.inner.all_gather_(out, tensor)
-
-    def reduce_scatter_(self, out, inputs, op='sum'):
-        self.log.append(('reduce_scatter', sum(t.numel() * t.element_size() for t in inputs)))
-        return self.inner.reduce_scatter_(out, inputs, op)
-
-    def clear(self):
-        self.sent.clear()
-        self.log.clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,29 +29,6 @@ from helpers import ROOT
 D, BATCH, STEPS = 5, 16, 6
 
 
-class CountingComm(dldr.Comm):
-    """Forwards to ``inner``; logs the bytes of every all-reduce in ``sent`` and every collective
-    as (name, bytes) in ``log``: the tensor each one reduces or gathers, on this rank (all-reduce:
-    the tensor; reduce-scatter: all W inputs; all-gather: all W outputs)."""
-
-    def __init__(self, inner):
-        self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
-        self.sent, self.log = [], []
-
-    def all_reduce_(self, tensor, op='mean'):
-        self.sent.append(tensor.numel() * tensor.element_size())
-        self.log.append(('all_reduce', self.sent[-1]))
-        return self.inner.all_reduce_(tensor, op)
-
-    def all_gather_(self, out, tensor):
-        self.log.append(('all_gather', sum(t.numel() * t.element_size() for t in out)))
-        self.inner.all_gather_(out, tensor)
-
-    def reduce_scatter_(self, out, inputs, op='sum'):
-        self.log.append(('reduce_scatter', sum(t.numel() * t.element_size() for t in inputs)))
-        return self.inner.reduce_scatter_(out, inputs, op)
-
-
 def small_net():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
@@ -91,7 +68,7 @@ def make_subspace(P, comm, shard):
 def psgd_run(context, shard=False):
     model = small_net()
     params = dldr.trainable_params(model)
-    comm = CountingComm(context.comm)
+    comm = distributed.CountingComm(context.comm)
     subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 1), comm, shard)
     optimizer = torch.optim.SGD(params, lr=0.5, momentum=0.9)
     for x, y in batches(context):
@@ -105,7 +82,7 @@ def psgd_run(context, shard=False):
 def pbfgs_run(context, shard=False, **options):
     model = small_net()
     params = dldr.trainable_params(model)
-    comm = CountingComm(context.comm)
+    comm = distributed.CountingComm(context.comm)
     subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 2), comm, shard)
     optimizer = dldr.PBFGS(params, subspace, comm=comm, **options)
     decisions = []  # per step: (trials so far, sum of accepted step sizes so far)
