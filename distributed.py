@@ -135,17 +135,20 @@ class Context:
             print(*args, **kwargs, flush=True)
 
 
-def pick_device(name=None, local_rank=0):
+def pick_device(name=None, local_rank=0, flag='--device'):
+    """The device ``name`` (``flag``'s value; a bare ``cuda``: this rank's GPU), one-line
+    UserError for a name torch does not know or a GPU it does not see; default: this rank's GPU,
+    else the CPU."""
     if name:
         try:
             device = torch.device(name)
         except RuntimeError as e:
-            raise UserError(f'bad --device {name!r}: {e}') from None
+            raise UserError(f'bad {flag} {name!r}: {e}') from None
         if device.type == 'cuda' and device.index is None:
             device = torch.device('cuda', local_rank)
         # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
         if device.type == 'cuda' and not 0 <= device.index < torch.cuda.device_count():
-            raise UserError(f'--device {name}: torch sees {torch.cuda.device_count()} CUDA '
+            raise UserError(f'{flag} {name}: torch sees {torch.cuda.device_count()} CUDA '
                             f'device(s) here')
         return device
     return torch.device('cuda', local_rank) if torch.cuda.is_available() else torch.device('cpu')

@@ -9,10 +9,10 @@ is added by :func:`add_ignored` and says so in ``--help``.  Then :func:`finish_s
 :func:`finish_subspace_args` make the checks no single ``type=`` can.
 """
 import argparse
-
-import torch
+import os
 
 import dldr
+import distributed
 import models
 import seeds
 import subspace_run as subspaces
@@ -303,8 +303,6 @@ def _check_storage(args, kind):
     if given and not kind.explicit:
         raise UserError(f'{" ".join(given)}: --subspace {kind.name} holds no d x n basis P to '
                         f'store differently; use dldr, twa or random')
-    if args.basis_device:
-        try:
-            torch.device(args.basis_device)
-        except RuntimeError as e:
-            raise UserError(f'bad --basis-device {args.basis_device!r}: {e}') from None
+    if args.basis_device:  # checked as --device is (a GPU torch does not see: one error line)
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        args.basis_device = str(distributed.pick_device(args.basis_device, local_rank, '--basis-device'))
