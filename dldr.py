@@ -627,11 +627,15 @@ class CompactSubspace(Subspace):
 
     def coords(self, g: Tensor) -> Tensor:
         if self.comm is not None:
-            padded = g.float()
-            if g.numel() != self.shard_size * self.world_size:
-                padded = torch.nn.functional.pad(padded, (0, self.shard_size * self.world_size - g.numel()))
-            mine = torch.empty(self.shard_size, dtype=torch.float32, device=g.device)
-            self.comm.reduce_scatter_(mine, list(padded.split(self.shard_size)), 'sum')
+            flat, size = g.float(), self.shard_size
+            # every rank's block as a view of g; only a short (last) block is zero-padded, so a
+            # step copies no n-vector
+            blocks = [flat[a:b] for a, b in (shard_range(self.n, r, self.world_size)
+                                              for r in range(self.world_size))]
+            blocks = [x if x.numel() == size else torch.nn.functional.pad(x, (0, size - x.numel()))
+                      for x in blocks]
+            mine = torch.empty(size, dtype=torch.float32, device=g.device)
+            self.comm.reduce_scatter_(mine, blocks, 'sum')
             g = mine[:self.hi - self.lo]
         return self._mv(g.to(self.device, torch.float32)).to(g.device)
 
