@@ -586,7 +586,9 @@ class CompactSubspace(Subspace):
             self.data = block.float().contiguous()  # (no copy: the block itself)
             return
         if storage in _SCALED_MAX:
-            absmax = block.abs().amax(dim=1).float() if block.numel() else torch.zeros(self.dim)
+            # (vector_norm: the row maxima without a d x n |block| copy)
+            absmax = (torch.linalg.vector_norm(block, float('inf'), dim=1).float() if block.numel()
+                      else torch.zeros(self.dim))
             self.scale = torch.where(absmax > 0, absmax / _SCALED_MAX[storage],
                                      torch.ones_like(absmax)).to(self.device)
         self.data = torch.empty(block.shape, dtype=storage, device=self.device)
