@@ -582,6 +582,7 @@ class CompactSubspace(Subspace):
         storage = BASIS_DTYPES[dtype]
         self.chunk = max(1, chunk_bytes // (4 * max(self.dim, 1)))
         self.scale = None
+        self._buffer = None  # a float32 chunk of P for the products (low-precision P only)
         if storage == torch.float32 and self.device == block.device:
             self.data = block.float().contiguous()  # (no copy: the block itself)
             return
@@ -605,14 +606,23 @@ class CompactSubspace(Subspace):
         scale = 0 if self.scale is None else self.scale.untyped_storage().nbytes()
         return self.data.untyped_storage().nbytes() + scale
 
+    def _float_chunks(self):
+        """(a, b, P_r[:, a:b] in float32) over the stored columns, cast into one reused buffer
+        (allocated at the first product: no new d x chunk float32 tensor per step)."""
+        if self._buffer is None:
+            self._buffer = torch.empty(self.dim, min(self.chunk, self.data.shape[1]),
+                                       dtype=torch.float32, device=self.device)
+        for a in range(0, self.data.shape[1], self.chunk):
+            b = min(a + self.chunk, self.data.shape[1])
+            yield a, b, self._buffer[:, :b - a].copy_(self.data[:, a:b])
+
     def _mv(self, x: Tensor) -> Tensor:
         """P_r x (float32 d-vector on P's device) for the float32 (hi - lo)-vector x there."""
         if self.data.dtype == torch.float32:
             return torch.mv(self.data, x)
         out = torch.zeros(self.dim, dtype=torch.float32, device=self.device)
-        for a in range(0, self.data.shape[1], self.chunk):
-            b = min(a + self.chunk, self.data.shape[1])
-            out.addmv_(self.data[:, a:b].float(), x[a:b])
+        for a, b, block in self._float_chunks():
+            out.addmv_(block, x[a:b])
         return out if self.scale is None else out.mul_(self.scale)
 
     def _tmv(self, c: Tensor) -> Tensor:
@@ -622,9 +632,8 @@ class CompactSubspace(Subspace):
         if self.scale is not None:
             c = c * self.scale
         out = torch.empty(self.data.shape[1], dtype=torch.float32, device=self.device)
-        for a in range(0, self.data.shape[1], self.chunk):
-            b = min(a + self.chunk, self.data.shape[1])
-            torch.mv(self.data[:, a:b].float().T, c, out=out[a:b])
+        for a, b, block in self._float_chunks():
+            torch.mv(block.T, c, out=out[a:b])
         return out
 
     def coords(self, g: Tensor) -> Tensor:
