@@ -11,6 +11,10 @@ import contextlib
 import sys
 import time
 
+PROCESS_START = time.time()
+"""When the script started (this module is imported at start-up): a row's ``elapsed`` counts from
+here, so it includes data loading, model building and, in a subspace run, the basis."""
+
 import torch
 import torch.nn.functional as F
 
@@ -189,6 +193,7 @@ class RunRecord:
     def __init__(self, path, args, context, **extra):
         self.path = path
         self.is_main = context.is_main
+        self.elapsed_before = 0.0  # wall seconds of the parts of a resumed run before this one
         self.data = {'args': vars(args), **extra, 'world_size': context.world_size,
                      'batch_per_rank': args.batch_size // context.world_size,
                      'epochs': [], 'final_test_acc': None, 'best_test_acc': None, 'skipped_images': 0,
@@ -208,8 +213,8 @@ class RunRecord:
         self.data['epochs'] = epochs
         self.snapshots.extend(snapshots)
         if epochs:
-            self.data['final_test_acc'] = epochs[-1]['test_acc']
-            self.data['best_test_acc'] = max(r['test_acc'] for r in epochs)
+            self._summarise()
+            self.elapsed_before = epochs[-1].get('elapsed', 0.0)
 
     def add_snapshot(self, epoch, step, iteration):
         """Map the next snapshot number to where it was taken; returns the number (not saved
@@ -219,12 +224,38 @@ class RunRecord:
         return number
 
     def add_epoch(self, row, skipped_images=0):
-        """Append an epoch's row; ``skipped_images``: :func:`utils.count_skipped` so far."""
+        """Append an epoch's row, stamped with ``elapsed`` (wall seconds since the run started,
+        set-up included, summed over the parts of a resumed run) and ``process_seconds`` (this
+        process's CPU time: steadier than wall time on a shared machine); ``skipped_images``:
+        :func:`utils.count_skipped` so far."""
         self.data['skipped_images'] = skipped_images
+        row = {**row, 'elapsed': self.elapsed_before + time.time() - PROCESS_START,
+               'process_seconds': time.process_time()}
         self.data['epochs'].append(row)
-        accs = [r['test_acc'] for r in self.data['epochs']]
-        self.data['final_test_acc'] = accs[-1]
-        self.data['best_test_acc'] = max(accs)
+        self._summarise()
+        self.save()
+
+    def _summarise(self):
+        """``final_test_acc`` / ``best_test_acc``: the last and best ``test_acc`` (BatchNorm's
+        running statistics, the reference's metric); ``final_test_acc_bn`` / ``best_test_acc_bn``
+        likewise for ``test_acc_bn`` (statistics re-estimated) where the rows have it."""
+        rows = self.data['epochs']
+        if getattr(self, 'model', None) is not None:
+            self.data['compiled'] = utils.is_compiled(self.model)
+        for key in ('test_acc', 'test_acc_bn'):
+            accs = [r[key] for r in rows if r.get(key) is not None]
+            if accs:
+                self.data['final_' + key] = accs[-1]
+                self.data['best_' + key] = max(accs)
+
+    def watch(self, model):
+        """Record with every row whether ``model`` runs compiled (``compiled``: False also after
+        a failed compile fell back to eager)."""
+        self.model = model
+
+    def note(self, **entries):
+        """Set top-level entries (e.g. ``compiled``) and save."""
+        self.data.update(entries)
         self.save()
 
     def finish(self, seconds):
@@ -238,19 +269,28 @@ class RunRecord:
             utils.save_json(self.data, self.path)
 
 
-def epoch_line(epoch, epochs, lr, train_loss, train_acc, test_loss, test_acc, train_seconds,
-               eval_seconds, extra='', train_acc5=None, test_acc5=None):
+def epoch_line(epoch, epochs, lr, train, test, train_seconds, eval_seconds, extra='', test_bn=None):
+    """The log line of an epoch from its train / test :class:`Scores`: the test scores with
+    BatchNorm's running statistics (the reference's metric), then, where the statistics were
+    re-estimated (``test_bn``), those scores."""
+    def top5(scores):
+        return f' top5 {scores.acc5:6.2f}%' if scores.acc5 is not None else ''
     lr_text = f'lr {lr:.4g}  ' if lr is not None else ''
-    train5 = f' top5 {train_acc5:6.2f}%' if train_acc5 is not None else ''
-    test5 = f' top5 {test_acc5:6.2f}%' if test_acc5 is not None else ''
-    return (f'epoch {epoch:>4d}/{epochs}  {lr_text}train loss {train_loss:.4f} acc {train_acc:6.2f}%'
-            f'{train5}  test loss {test_loss:.4f} acc {test_acc:6.2f}%{test5}  train '
+    bn_text = (f' | BN re-estimated: loss {test_bn[0]:.4f} acc {test_bn[1]:6.2f}%{top5(test_bn)}'
+               if test_bn is not None else '')
+    return (f'epoch {epoch:>4d}/{epochs}  {lr_text}train loss {train[0]:.4f} acc {train[1]:6.2f}%'
+            f'{top5(train)}  test loss {test[0]:.4f} acc {test[1]:6.2f}%{top5(test)}{bn_text}  train '
             f'{train_seconds:.1f}s eval {eval_seconds:.1f}s{extra}')
 
 
-def score_row(train, test):
-    """The loss / accuracy entries of a JSON row from the train and test :class:`Scores`."""
+def score_row(train, test, test_bn=None):
+    """The loss / accuracy entries of a JSON row from the train and test :class:`Scores`:
+    ``test_*`` with the running BatchNorm statistics, ``test_*_bn`` re-estimated (when given)."""
     row = {'train_loss': train[0], 'train_acc': train[1], 'test_loss': test[0], 'test_acc': test[1]}
     if test.acc5 is not None:
         row.update(train_acc5=train.acc5, test_acc5=test.acc5)
+    if test_bn is not None:
+        row.update(test_loss_bn=test_bn[0], test_acc_bn=test_bn[1])
+        if test_bn.acc5 is not None:
+            row['test_acc5_bn'] = test_bn.acc5
     return row

@@ -112,6 +112,12 @@ def common_parser(description, *, epochs):
       help='mixed precision through autocast (fp16 adds a GradScaler on CUDA)')
     a('--channels-last', '--channels_last', action='store_true',
       help='use the channels_last memory format (faster convolutions on tensor-core GPUs)')
+    a('--compile', nargs='?', const='default', default=None,
+      choices=('default', 'reduce-overhead', 'max-autotune'), metavar='MODE',
+      help='torch.compile the model (MODE: default, reduce-overhead = CUDA graphs, max-autotune); '
+           'the first steps of each new graph (training, evaluation, P-BFGS\'s no-grad line '
+           'search) compile first. A model that does not compile runs eager after one warning '
+           'line. Files stay interchangeable with eager runs (docs/BENCHMARKS.md: when it pays)')
     a('--save-dir', '--save_dir', default='save_temp', metavar='DIR',
       help='directory of the trajectory, checkpoints, final models and metrics JSON')
     a('--overwrite', action='store_true',
@@ -239,11 +245,12 @@ def add_subspace_args(p, *, params_end=51):
       help='where P is computed and stored, e.g. cpu while training on a GPU (default: --device); '
            'each step moves the gradient there and the update back. Not with fastfood, redrawn')
     a('--bn-update', '--bn_update', default=None, type=nonnegative_int, metavar='N',
-      help=f're-estimate the BatchNorm running statistics on N training batches before each '
-           f'evaluation and before saving the final model: N forward passes each time, training '
-           f'itself is unchanged (default: the batches that make {BN_UPDATE_IMAGES} images, e.g. '
-           f'16 of 128 or 2 of 1024; 0: off, as the reference: the running averages of training, '
-           f'which lag the large early steps of short runs; docs/RESULTS.md measures both)')
+      help=f'also measure the test set with the BatchNorm statistics re-estimated on N training '
+           f'batches (test_acc_bn), besides the running statistics that training left (test_acc, '
+           f'the reference\'s metric, always measured); the running statistics are put back '
+           f'afterwards, so training and the saved model are the reference\'s. Costs N forward '
+           f'passes and a second test pass per evaluation (default: the batches that make '
+           f'{BN_UPDATE_IMAGES} images, e.g. 16 of 128 or 2 of 1024; 0: off)')
 
 
 def _finish_common(args):

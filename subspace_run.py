@@ -262,17 +262,27 @@ class SubspaceRun:
         return self.train_loader, self.test_loader, self.bn_loader
 
     def evaluate(self, epoch):
-        """BatchNorm statistics averaged over the ranks (re-estimated first with
-        ``--bn-update``), then the sharded test evaluation.  Returns (:class:`engine.Scores`,
-        seconds)."""
+        """Both BatchNorm measurements of the test set, each rank evaluating its shard:
+
+        1. with the running statistics that training left (averaged over the ranks): the
+           reference's metric, ``test_acc``;
+        2. with ``--bn-update``, also with the statistics re-estimated on that many training
+           batches, ``test_acc_bn``; the running statistics are then put back, so training and
+           the saved model carry the reference's statistics, whatever is measured.
+
+        Returns (running :class:`engine.Scores`, re-estimated Scores or None, seconds)."""
         args, t0 = self.args, time.time()
+        engine.average_buffers_(self.model, self.context.comm)
+        running = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
+        reestimated = None
         if args.bn_update:
+            kept = [b.clone() for b in self.model.buffers()]
             self.bn_loader.generator.manual_seed(seeds.seed('bn_order', args.randomseed, epoch=epoch))
             engine.update_bn(self.model, self.bn_loader, args.bn_update, self.context, args.amp)
-        else:
-            engine.average_buffers_(self.model, self.context.comm)
-        scores = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
-        return scores, time.time() - t0
+            reestimated = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.model.buffers()), kept)
+        return running, reestimated, time.time() - t0
 
     def finish(self, start):
         """Save the final model (rank 0) and metrics and print where they are."""
@@ -280,8 +290,11 @@ class SubspaceRun:
             utils.save_tensors(self.model.state_dict(), self.model_path)
         self.record.finish(time.time() - start)
         self.context.barrier()
-        self.context.print(f'final test acc {self.record.data["final_test_acc"]}  best '
-                           f'{self.record.data["best_test_acc"]}  ({time.time() - start:.0f}s)')
+        data = self.record.data
+        bn = (f'; BN re-estimated: final {data["final_test_acc_bn"]}  best {data["best_test_acc_bn"]}'
+              if data.get('final_test_acc_bn') is not None else '')
+        self.context.print(f'final test acc {data["final_test_acc"]}  best {data["best_test_acc"]}'
+                           f'{bn}  ({time.time() - start:.0f}s)')
         self.context.print(f'model: {self.model_path}; metrics: {self.metrics_path}')
 
 
@@ -306,15 +319,19 @@ def _set_up(args, method):
 
 
 def evaluate_saved(args, method):
-    """``--evaluate``: the run's saved final model (not rewritten), BN re-estimated as after the
-    last epoch."""
+    """``--evaluate``: the run's saved final model (not rewritten), with its running BatchNorm
+    statistics and, with ``--bn-update``, re-estimated as after the last epoch."""
     run = _set_up(args, method)
     utils.load_snapshot(run.model_path, run.model)
-    scores, _ = run.evaluate(args.epochs - 1)
+    scores, reestimated, _ = run.evaluate(args.epochs - 1)
     run.context.print(f'{run.model_path}: test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
                       + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
-                      + (f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)'
-                         if args.bn_update else ''))
+                      + ' (BatchNorm running statistics)')
+    if reestimated is not None:
+        run.context.print(f'{run.model_path}: test loss {reestimated[0]:.4f} acc '
+                          f'{reestimated[1]:.2f}%'
+                          + (f' top5 {reestimated.acc5:.2f}%' if reestimated.acc5 is not None else '')
+                          + f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)')
 
 
 def prepare(args, method):
@@ -333,4 +350,5 @@ def prepare(args, method):
         run.metrics_path, args, context, method=method, basis=info,
         n_parameters=sum(p.numel() for p in model.parameters()), n_train=len(data.train_y),
         n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
+    run.record.watch(model)
     return run

@@ -121,7 +121,7 @@ def main(argv=None):
         stats = optimizer.reset_stats()
         train = meter.result(context.comm)  # an all-reduce of the epoch's counts
         t1 = time.time()
-        test, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and test scores
+        test, test_bn, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and scores
         mean_trials = stats['trials'] / max(stats['steps'], 1)
         accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
         mean_step = stats.pop('step_size_sum') / max(accepted, 1)
@@ -131,15 +131,15 @@ def main(argv=None):
         next_batch_loss = stats.pop('loss_sum') / evaluated
         captured = stats.pop('captured_sum') / evaluated
         context.print(engine.epoch_line(
-            epoch + 1, args.epochs, None, *train, *test, t1 - t0,
+            epoch + 1, args.epochs, None, train, test, t1 - t0,
             eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
                           f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}  '
                           f'curvature skips {stats["curvature_skips"]}  loss after step '
                           f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)  '
                           f'gradient in subspace {captured:.2g}  signal {stats["gradient_signal"]:.2g}',
-            train_acc5=train.acc5, test_acc5=test.acc5))
+            test_bn=test_bn))
         skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
-        run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test),
+        run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test, test_bn),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
                               'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,

@@ -62,11 +62,11 @@ def main(argv=None):
                              f'(try a lower --lr)' if context.is_main else 1)
         scheduler.step()
         t1 = time.time()
-        test, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and test scores
-        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, *train, *test, t1 - t0, eval_seconds,
-                                        train_acc5=train.acc5, test_acc5=test.acc5))
+        test, test_bn, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and scores
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train, test, t1 - t0, eval_seconds,
+                                        test_bn=test_bn))
         skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
-        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),
+        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test, test_bn),
                               'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
                               'eval_seconds': eval_seconds}, skipped)
         tracker.log_epoch(run.record.data['epochs'][-1])

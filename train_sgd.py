@@ -253,6 +253,7 @@ def main(argv=None):
                               n_parameters=sum(p.numel() for p in model.parameters()),
                               n_train=len(data.train_y), n_corrupted=len(data.corrupted)
                               if data.corrupted is not None else 0, snapshots=[])
+    record.watch(model)
     best = 0.0
     if checkpoint is not None:
         args.start_epoch, best = restore_checkpoint(checkpoint, resume_path(args), state, record,
@@ -303,8 +304,7 @@ def main(argv=None):
         t2 = time.time()
         check_finite(model, train, test, epoch, args, record, context)
         best = max(best, test[1])
-        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, *train, *test, t1 - t0, t2 - t1,
-                                        train_acc5=train.acc5, test_acc5=test.acc5))
+        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train, test, t1 - t0, t2 - t1))
         snapshot(epoch + 1, steps, base + steps)
         skipped = utils.count_skipped((train_loader, test_loader), context.comm)  # an all-reduce
         record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test),

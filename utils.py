@@ -565,7 +565,47 @@ def build_model(args, data, device, pretrained=None):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if getattr(args, 'compile', None):
+        compile_model(model, args.compile)
     return model
+
+
+def compile_model(model, mode='default', backend='inductor', warn=print):
+    """``torch.compile`` ``model`` in place (``nn.Module.compile``: the module is not wrapped, so
+    its state_dict keys carry no ``_orig_mod.`` and snapshots, checkpoints and the reference's
+    files load into compiled and eager models alike).  Compilation happens at the first call of
+    each new graph; if it fails there, the model runs eager from then on after one ``warn`` line,
+    and :func:`is_compiled` turns False."""
+    model.compile(mode=None if mode == 'default' else mode, backend=backend)
+    compiled = model._compiled_call_impl
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as e:  # dynamo's Unsupported, BackendCompilerFailed, ...
+            if not _compile_error(e):
+                raise
+            model._compiled_call_impl = None
+            first = (str(e).strip().splitlines() or [''])[0][:200]
+            warn(f'warning: torch.compile failed for {type(model).__name__} ({type(e).__name__}: '
+                 f'{first}); running eager')
+            return model._call_impl(*args, **kwargs)
+
+    model._compiled_call_impl = call
+    return model
+
+
+def _compile_error(e):
+    """Whether ``e`` came from torch.compile (not from the model's own code or bad input)."""
+    from torch import _dynamo
+    return isinstance(e, (_dynamo.exc.BackendCompilerFailed, _dynamo.exc.Unsupported,
+                          _dynamo.exc.InternalTorchDynamoError, _dynamo.exc.TorchRuntimeError))
+
+
+def is_compiled(model):
+    """Whether ``model`` (or the model a DDP wrapper holds) runs through torch.compile."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_compiled_call_impl', None) is not None
 
 
 def atomic_write(path, write):
