@@ -300,15 +300,16 @@ def _finish_common(args):
     if args.half:
         args.amp = 'fp16'
     if args.datasets not in utils.DATASET_NAMES:
-        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
+        raise UserError(f"--datasets: unknown dataset {args.datasets!r}; valid: "
+                        f"{', '.join(utils.DATASET_NAMES)}")
     family = utils.dataset_family(args.datasets)
     if models.is_timm(args.arch):
         try:
             models.check_timm_arch(args.arch)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f'--arch: {e}') from None
     elif args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
-        raise UserError(f"unknown arch {args.arch!r} for {args.datasets}; valid: "
+        raise UserError(f"--arch: unknown arch {args.arch!r} for {args.datasets}; valid: "
                         f"{', '.join(models.available_archs(family))}")
     _check_milestones(args)
     # the device now, not at the first copy onto it (meta, an absent accelerator: a traceback
@@ -333,8 +334,9 @@ def _check_folders(args):
     problem = utils.unwritable_dir(args.save_dir)
     if problem:
         raise UserError(f'--save-dir {args.save_dir}: {problem}')
-    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        raise UserError(f'--data-dir {args.data_dir} is a file, not a folder of datasets')
+    where = utils.existing_ancestor(args.data_dir)  # (absent: downloaded to, or an error later)
+    if where is not None and not os.path.isdir(where):
+        raise UserError(f'--data-dir {args.data_dir}: {where} is a file, not a folder')
     tracking.check_log_dir(args)
 
 
@@ -365,6 +367,10 @@ def finish_sgd_args(args, default_lr=None):
         _check_input_file(args.resume, '--resume', 'checkpoint')
     if isinstance(args.pretrained, str):
         _check_input_file(args.pretrained, '--pretrained', 'weights')
+    elif args.pretrained and not models.is_timm(args.arch) and \
+            utils.dataset_family(args.datasets) != 'imagenet':  # (as utils.pretrained_weights)
+        raise UserError('--pretrained without a file means torchvision\'s ImageNet weights '
+                        '(--datasets ImageNet only); give --pretrained PATH for a weights file')
     _finish_common(args)
     if args.optimizer == 'adam' and args.lr != ADAM_LR:
         if args.lr != default_lr:

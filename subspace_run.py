@@ -297,8 +297,12 @@ def _set_up(args, method):
             raise UserError(f'missing {model_path}: -e evaluates the final model of a finished '
                             f'run with these flags')
     else:
-        utils.check_trajectory_files(args.pretrain_dir or args.save_dir, args.params_start,
-                                     args.params_end, args.params_step)
+        folder = args.pretrain_dir or args.save_dir
+        utils.check_trajectory_files(folder, args.params_start, args.params_end, args.params_step)
+        start = utils.snapshot_path(folder, args.train_start) if args.train_start != 'mean' else None
+        if start and not os.path.isfile(start):  # (read after the basis: checked now)
+            raise UserError(f'missing snapshot {start}: --train-start {args.train_start} starts '
+                            f'training there')
     utils.prepare_save_dir(args.save_dir)
     if not args.evaluate:
         utils.refuse_overwrite([model_path, metrics_path], args)

@@ -755,21 +755,28 @@ def check_trajectory_files(folder, start, end, step=1):
                         f'{start}.pt .. {numbers[-1]}.pt{every} in {folder}')
 
 
+def existing_ancestor(path):
+    """``path`` itself, or the nearest folder above it that exists: where it would be made
+    (None: a broken symbolic link on the way, which cannot be made)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        if os.path.lexists(path):
+            return None
+        path = os.path.dirname(path)
+    return path
+
+
 def unwritable_dir(path):
     """Why ``path`` cannot be used, or made, as a folder this process writes into (None: it
     can); found without creating anything: a file or broken link on the way, or a read-only
     folder (a read-only file system included, which ``os.access`` reports even to root)."""
-    path = os.path.abspath(path)
-    while True:
-        if os.path.lexists(path) and not os.path.exists(path):
-            return f'{path} is a broken symbolic link'
-        if os.path.exists(path):
-            break
-        path = os.path.dirname(path)  # the nearest folder that exists: where it would be made
-    if not os.path.isdir(path):
-        return f'{path} is a file, not a folder'
-    if not os.access(path, os.W_OK | os.X_OK):
-        return f'{path} is not writable'
+    where = existing_ancestor(path)
+    if where is None:
+        return 'a broken symbolic link is on the way'
+    if not os.path.isdir(where):
+        return f'{where} is a file, not a folder'
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f'{where} is not writable'
     return None
 
 
