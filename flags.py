@@ -363,6 +363,7 @@ def finish_sgd_args(args, default_lr=None):
         # epoch 0: a run that "starts at N" has neither; the checkpoint carries both
         raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '
                         f'checkpoint of train_sgd.py, whose epoch it then takes')
+    _finish_common(args)
     if args.resume and args.resume != 'auto':
         _check_input_file(args.resume, '--resume', 'checkpoint')
     if isinstance(args.pretrained, str):
@@ -371,7 +372,6 @@ def finish_sgd_args(args, default_lr=None):
             utils.dataset_family(args.datasets) != 'imagenet':  # (as utils.pretrained_weights)
         raise UserError('--pretrained without a file means torchvision\'s ImageNet weights '
                         '(--datasets ImageNet only); give --pretrained PATH for a weights file')
-    _finish_common(args)
     if args.optimizer == 'adam' and args.lr != ADAM_LR:
         if args.lr != default_lr:
             _note(f'note: --optimizer adam trains at lr {ADAM_LR} (the reference\'s), not --lr '

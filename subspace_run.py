@@ -311,8 +311,9 @@ def _set_up(args, method):
     generator = seeds.generator('data', args.randomseed)
     train_loader, test_loader = utils.make_loaders(data, args, context, generator)
     if args.bn_update > len(train_loader):  # the JSON and -e then say how many were used
-        context.print(f'--bn-update {args.bn_update}: an epoch has {len(train_loader)} training '
-                      f'batches; BatchNorm statistics are re-estimated on all {len(train_loader)}')
+        n = len(train_loader)
+        context.print(f'--bn-update {args.bn_update}: an epoch has {n} training batch'
+                      f'{"es" * (n > 1)}; BatchNorm statistics are re-estimated on {"all " * (n > 1)}{n}')
         args.bn_update = len(train_loader)
     # BatchNorm re-estimation reads the training data in its own order (the training order is
     # untouched), through the training loader's data: no second copy, no second worker pool
