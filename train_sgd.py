@@ -175,11 +175,11 @@ def follow_schedule(state, checkpoint):
     """After the scheduler state is restored (which restores the checkpoint's milestones too):
     the milestones of the current flags — the default ones recomputed from a changed --epochs,
     --lr-milestones as given (a changed one is refused) — and the lr they give at the resumed
-    epoch; one line says so when --epochs or the milestones changed."""
+    epoch; one line says so when --epochs or the milestones changed (not for -e: no training)."""
     args, scheduler = state.args, state.scheduler
     want, saved = milestones(args), sorted(scheduler.milestones.elements())
     old_epochs = checkpoint['args'].get('epochs')
-    if want == saved and old_epochs == args.epochs:
+    if args.evaluate or (want == saved and old_epochs == args.epochs):
         return
     scheduler.milestones = Counter(want)
     decays = sum(1 for m in want if m <= scheduler.last_epoch)

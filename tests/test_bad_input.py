@@ -117,6 +117,7 @@ def test_tracker_turns_a_late_os_error_into_one_line(afile):
 
 # ------------------------------------------------------------------------- 3: junk .pt files
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @pytest.mark.parametrize('junk', [b'hello\n', b'\x80\x04\x95', b'PK\x03\x04junk', b'\x00' * 64])
 def test_junk_file_is_one_error_line(junk, tmp_path):
     path = tmp_path / 'f.pt'
