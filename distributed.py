@@ -135,15 +135,25 @@ class Context:
             print(*args, **kwargs, flush=True)
 
 
+def usable_device_types():
+    """The device types a run can compute on here: cpu, cuda (when torch sees a GPU), mps
+    (when available).  ``meta`` holds no data and the other types have no kernels this code
+    uses, so they fail only later, with a traceback."""
+    return ('cpu',) + ('cuda',) * torch.cuda.is_available() + ('mps',) * torch.backends.mps.is_available()
+
+
 def pick_device(name=None, local_rank=0, flag='--device'):
     """The device ``name`` (``flag``'s value; a bare ``cuda``: this rank's GPU), one-line
-    UserError for a name torch does not know or a GPU it does not see; default: this rank's GPU,
-    else the CPU."""
+    UserError for a name torch does not know, a type a run cannot compute on (meta, or an
+    accelerator absent here) or a GPU it does not see; default: this rank's GPU, else the CPU."""
     if name:
         try:
             device = torch.device(name)
         except RuntimeError as e:
             raise UserError(f'bad {flag} {name!r}: {e}') from None
+        if device.type not in usable_device_types() + ('cuda',):  # (cuda: the count below)
+            raise UserError(f'{flag} {name}: not a device a run can compute on here; use '
+                            f'{" or ".join(usable_device_types())}')
         if device.type == 'cuda' and device.index is None:
             device = torch.device('cuda', local_rank)
         # (not index >= count alone: torch wraps a large index, cuda:999 -> cuda:-25)
@@ -156,6 +166,12 @@ def pick_device(name=None, local_rank=0, flag='--device'):
 
 def under_torchrun():
     return 'WORLD_SIZE' in os.environ and 'RANK' in os.environ
+
+
+def global_rank():
+    """This process's global rank from torchrun's environment (0 outside torchrun): known
+    before the process group exists, e.g. while the flags are parsed."""
+    return int(os.environ.get('RANK', 0)) if under_torchrun() else 0
 
 
 def setup(args):
@@ -189,7 +205,7 @@ def run_cli(main):
     try:
         main()
     except UserError as e:
-        rank = int(os.environ.get('RANK', 0)) if under_torchrun() else 0
+        rank = global_rank()
         if rank:
             time.sleep(3)
         print(f'error: {f"[rank {rank}] " if rank else ""}{e}', file=sys.stderr, flush=True)

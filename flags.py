@@ -9,7 +9,10 @@ is added by :func:`add_ignored` and says so in ``--help``.  Then :func:`finish_s
 :func:`finish_subspace_args` make the checks no single ``type=`` can.
 """
 import argparse
+import math
 import os
+import sys
+import time
 
 import dldr
 import distributed
@@ -23,6 +26,8 @@ from utils import UserError
 IGNORED = '(ignored: kept for the reference\'s command lines)'
 BN_UPDATE_IMAGES = 2048
 """--bn-update's default, in images: as accurate as 10,240 on CIFAR-10 (docs/RESULTS.md)."""
+ADAM_LR = 0.001
+"""The learning rate of ``--optimizer adam`` (the reference's, whatever --lr says)."""
 
 
 def positive_int(text):
@@ -36,6 +41,43 @@ def nonnegative_int(text):
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def _finite(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f'must be a finite number, got {text}')
+    return value
+
+
+def positive_float(text):
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
+    return value
+
+
+def nonnegative_float(text):
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def momentum(text):
+    """A momentum coefficient: [0, 1) (1 would never forget a gradient)."""
+    value = _finite(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f'must lie in [0, 1), got {text}')
+    return value
+
+
+def seed(text):
+    """A seed every generator of the run accepts (numpy's: [0, 2**32))."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f'must lie in [0, 2**32), got {text}')
     return value
 
 
@@ -57,6 +99,11 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one ``error:`` line and exit status 2 (no usage dump)."""
 
     def error(self, message):
+        # under torchrun every rank parses the same command line: rank 0 alone says what is
+        # wrong; the others exit silently, a moment later (torchrun ends them when rank 0 exits)
+        if distributed.global_rank():
+            time.sleep(3)
+            self.exit(2)
         self.exit(2, f'error: {message} (see --help)\n')
 
     def format_help(self):
@@ -93,7 +140,7 @@ def common_parser(description, *, epochs):
     a('--image-size', '--image_size', default=224, type=positive_int, metavar='S',
       help='ImageNet: training crop RandomResizedCrop(S) + flip; evaluation Resize(S*256/224) + '
            'CenterCrop(S)')
-    a('-j', '--workers', default=4, type=int, metavar='N',
+    a('-j', '--workers', default=4, type=nonnegative_int, metavar='N',
       help='ImageNet: DataLoader worker processes per rank decoding and augmenting the images '
            '(0: in the training process); unused for the in-memory datasets, which are augmented '
            'on the training device')
@@ -122,7 +169,7 @@ def common_parser(description, *, epochs):
       help='directory of the trajectory, checkpoints, final models and metrics JSON')
     a('--overwrite', action='store_true',
       help='allow replacing results of an earlier run in --save-dir (refused otherwise)')
-    a('--randomseed', default=1, type=int, metavar='S',
+    a('--randomseed', default=1, type=seed, metavar='S',
       help='seed of initialisation, data order, augmentation, label noise and subsets')
     a('--deterministic', action='store_true',
       help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
@@ -144,20 +191,20 @@ def common_parser(description, *, epochs):
 
 
 def add_lr(p, default, help):
-    p.add_argument('--lr', '--learning-rate', '--learning_rate', default=default, type=float,
+    p.add_argument('--lr', '--learning-rate', '--learning_rate', default=default, type=positive_float,
                    metavar='LR', help=help)
 
 
 def add_momentum(p):
-    p.add_argument('--momentum', default=0.9, type=float, metavar='M', help='SGD momentum')
+    p.add_argument('--momentum', default=0.9, type=momentum, metavar='M', help='SGD momentum')
 
 
 def add_lr_milestones(p, default, default_help):
     """``--lr-milestones`` (train_sgd.py, train_psgd.py): the epochs of the x0.1 decays."""
     p.add_argument('--lr-milestones', '--lr_milestones', default=default, nargs='*',
                    type=positive_int, metavar='E',
-                   help=f'epochs after which the learning rate is multiplied by 0.1 (default: '
-                        f'{default_help}; give none for a constant rate)')
+                   help=f'epochs after which the learning rate is multiplied by 0.1, each epoch at '
+                        f'most once (default: {default_help}; give none for a constant rate)')
 
 
 def add_ignored_lr(p):
@@ -172,13 +219,14 @@ def add_sgd_args(p):
     g = p.add_argument_group('sampling run')
     a = g.add_argument
     a('--optimizer', default='sgd', choices=('sgd', 'adam', 'adamw'),
-      help='optimizer of the sampling run (adam uses lr 0.001 as the reference; adamw --lr and '
+      help='optimizer of the sampling run (adam uses lr 0.001 as the reference, whatever --lr '
+           'says, and records that lr; adamw --lr and '
            '--weight-decay as given, e.g. --lr 1e-3 --wd 0.05 for a ViT, no decay on biases, '
            'norms, position embedding and class token)')
     a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
       help='with --resume: the epoch to continue from (taken from the checkpoint, which overrides '
            'it); without --resume only 0 is accepted')
-    a('--weight-decay', '--weight_decay', '--wd', default=1e-4, type=float, metavar='W',
+    a('--weight-decay', '--weight_decay', '--wd', default=1e-4, type=nonnegative_float, metavar='W',
       help='weight decay')
     a('--resume', default='', metavar='PATH',
       help="resume from a full checkpoint of train_sgd.py ('auto': "
@@ -221,7 +269,7 @@ def add_subspace_args(p, *, params_end=51):
       help='directory holding the sampled trajectory (default: --save-dir)')
     a('--subspace', default='dldr', choices=tuple(subspaces.KINDS),
       help='; '.join(f'{k.name}: {k.help}' for k in subspaces.KINDS.values()))
-    a('--subspace-seed', '--subspace_seed', default=None, type=int, metavar='S',
+    a('--subspace-seed', '--subspace_seed', default=None, type=seed, metavar='S',
       help='seed of the ' + ', '.join(k for k, kind in subspaces.KINDS.items() if kind.seeded)
            + ' subspaces (default: --randomseed)')
     a('--train-start', '--train_start', default=None, type=_train_start, metavar='K|mean',
@@ -229,9 +277,9 @@ def add_subspace_args(p, *, params_end=51):
            'params_end-1 with BatchNorm statistics re-estimated on the training set (default: '
            'mean for ' + ', '.join(k for k, kind in subspaces.KINDS.items() if kind.starts_at_mean)
            + ', params_start otherwise)')
-    a('--alpha', default=0.0, type=float, metavar='A',
+    a('--alpha', default=0.0, type=nonnegative_float, metavar='A',
       help='weight of the residual momentum: the gradient part outside the subspace (0: off)')
-    a('--gamma', default=0.9, type=float, metavar='G', help='momentum of the residual gradient')
+    a('--gamma', default=0.9, type=momentum, metavar='G', help='momentum of the residual gradient')
     a('--basis-memory', '--basis_memory', default=256, type=positive_int, metavar='MiB',
       help='device-memory bound of the streamed basis extraction')
     a('--shard-basis', '--shard_basis', action='store_true',
@@ -250,40 +298,101 @@ def add_subspace_args(p, *, params_end=51):
            f'the reference\'s metric, always measured); the running statistics are put back '
            f'afterwards, so training and the saved model are the reference\'s. Costs N forward '
            f'passes and a second test pass per evaluation (default: the batches that make '
-           f'{BN_UPDATE_IMAGES} images, e.g. 16 of 128 or 2 of 1024; 0: off)')
+           f'{BN_UPDATE_IMAGES} images, e.g. 16 of 128 or 2 of 1024; 0: off; at most the '
+           f'batches of one epoch: a larger N uses them all, and the run says so and records the '
+           f'number used)')
 
 
 def _finish_common(args):
     if args.half:
         args.amp = 'fp16'
     if args.datasets not in utils.DATASET_NAMES:
-        raise UserError(f"unknown dataset {args.datasets!r}; valid: {', '.join(utils.DATASET_NAMES)}")
+        raise UserError(f"--datasets: unknown dataset {args.datasets!r}; valid: "
+                        f"{', '.join(utils.DATASET_NAMES)}")
     family = utils.dataset_family(args.datasets)
     if models.is_timm(args.arch):
         try:
             models.check_timm_arch(args.arch)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f'--arch: {e}') from None
     elif args.arch not in (models.ARCHS if family == 'cifar' else models.available_archs(family)):
-        raise UserError(f"unknown arch {args.arch!r} for {args.datasets}; valid: "
+        raise UserError(f"--arch: unknown arch {args.arch!r} for {args.datasets}; valid: "
                         f"{', '.join(models.available_archs(family))}")
+    _check_milestones(args)
+    # the device now, not at the first copy onto it (meta, an absent accelerator: a traceback
+    # after the data was read, or a 0.pt of nothing); setup() picks it again
+    distributed.pick_device(args.device, int(os.environ.get('LOCAL_RANK', 0)))
+    _check_folders(args)
     return args
 
 
-def finish_sgd_args(args):
-    """train_sgd.py's checks no single ``type=`` can make, and the ``--half`` alias."""
+def _check_milestones(args):
+    """--lr-milestones: each epoch once (MultiStepLR decays twice at a repeated one)."""
+    given = getattr(args, 'lr_milestones', None) or []
+    repeated = sorted({m for m in given if given.count(m) > 1})
+    if repeated:
+        raise UserError(f'--lr-milestones {" ".join(map(str, given))}: epoch {repeated[0]} is given '
+                        f'twice, which would multiply the rate by 0.01 at once; give each epoch once')
+
+
+def _check_folders(args):
+    """The folders the run writes (--save-dir, and --log-dir with --logger) can be written and
+    --data-dir is not a file: before any work, on every rank."""
+    problem = utils.unwritable_dir(args.save_dir)
+    if problem:
+        raise UserError(f'--save-dir {args.save_dir}: {problem}')
+    where = utils.existing_ancestor(args.data_dir)  # (absent: downloaded to, or an error later)
+    if where is not None and not os.path.isdir(where):
+        raise UserError(f'--data-dir {args.data_dir}: {where} is a file, not a folder')
+    tracking.check_log_dir(args)
+
+
+def _check_input_file(path, flag, what):
+    """A file the run reads (--resume, --pretrained PATH) exists and is a file."""
+    if os.path.isdir(path):
+        raise UserError(f'{flag} {path} is a folder, not a {what} file')
+    if not os.path.isfile(path):
+        raise UserError(f'{flag}: missing {what}: {path}')
+
+
+def _note(text):
+    """A line about how a flag is used, printed once (global rank 0) while parsing."""
+    if not distributed.global_rank():
+        print(text, file=sys.stdout, flush=True)
+
+
+def finish_sgd_args(args, default_lr=None):
+    """train_sgd.py's checks no single ``type=`` can make, and the ``--half`` alias;
+    ``--optimizer adam`` records the lr it trains with (``default_lr``: --lr's default, to tell a
+    --lr the user gave)."""
     if args.start_epoch and not args.resume:
         # a fresh run numbers its snapshots from the initialisation (0.pt) and its schedule from
         # epoch 0: a run that "starts at N" has neither; the checkpoint carries both
         raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '
                         f'checkpoint of train_sgd.py, whose epoch it then takes')
-    return _finish_common(args)
+    _finish_common(args)
+    if args.resume and args.resume != 'auto':
+        _check_input_file(args.resume, '--resume', 'checkpoint')
+    if isinstance(args.pretrained, str):
+        _check_input_file(args.pretrained, '--pretrained', 'weights')
+    elif args.pretrained and not models.is_timm(args.arch) and \
+            utils.dataset_family(args.datasets) != 'imagenet':  # (as utils.pretrained_weights)
+        raise UserError('--pretrained without a file means torchvision\'s ImageNet weights '
+                        '(--datasets ImageNet only); give --pretrained PATH for a weights file')
+    if args.optimizer == 'adam' and args.lr != ADAM_LR:
+        if args.lr != default_lr:
+            _note(f'note: --optimizer adam trains at lr {ADAM_LR} (the reference\'s), not --lr '
+                  f'{args.lr}; the metrics record {ADAM_LR}')
+        args.lr = ADAM_LR
+    return args
 
 
 def finish_subspace_args(args):
     """The subspace scripts' checks no single ``type=`` can make, the ``--half`` alias, and the
     defaults that depend on the subspace kind (d, seed, where training starts)."""
     _finish_common(args)
+    if args.pretrain_dir and os.path.exists(args.pretrain_dir) and not os.path.isdir(args.pretrain_dir):
+        raise UserError(f'--pretrain-dir {args.pretrain_dir} is a file, not the folder of a trajectory')
     if args.params_end <= args.params_start:
         raise UserError(f'--params_end ({args.params_end}) must be greater than --params_start '
                         f'({args.params_start}): snapshots params_start..params_end-1 are used')

@@ -301,16 +301,33 @@ class SubspaceRun:
 def _set_up(args, method):
     """Device and process group, save-dir, data, model, loaders (no basis, no record)."""
     context = distributed.setup(args)
-    utils.prepare_save_dir(args.save_dir)
     tag = subspace_tag(method, args)
     model_path = os.path.join(args.save_dir, f'{tag}.pt')
     metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
+    # what the run reads is there before --save-dir is made: a refused run leaves no empty folder
+    if args.evaluate:
+        if not os.path.isfile(model_path):
+            raise UserError(f'missing {model_path}: -e evaluates the final model of a finished '
+                            f'run with these flags')
+    else:
+        folder = args.pretrain_dir or args.save_dir
+        utils.check_trajectory_files(folder, args.params_start, args.params_end, args.params_step)
+        start = utils.snapshot_path(folder, args.train_start) if args.train_start != 'mean' else None
+        if start and not os.path.isfile(start):  # (read after the basis: checked now)
+            raise UserError(f'missing snapshot {start}: --train-start {args.train_start} starts '
+                            f'training there')
+    utils.prepare_save_dir(args.save_dir)
     if not args.evaluate:
         utils.refuse_overwrite([model_path, metrics_path], args)
     data = utils.load_data(args)
     model = utils.build_model(args, data, context.device)
     generator = seeds.generator('data', args.randomseed)
     train_loader, test_loader = utils.make_loaders(data, args, context, generator)
+    if args.bn_update > len(train_loader):  # the JSON and -e then say how many were used
+        n = len(train_loader)
+        context.print(f'--bn-update {args.bn_update}: an epoch has {n} training batch'
+                      f'{"es" * (n > 1)}; BatchNorm statistics are re-estimated on {"all " * (n > 1)}{n}')
+        args.bn_update = len(train_loader)
     # BatchNorm re-estimation reads the training data in its own order (the training order is
     # untouched), through the training loader's data: no second copy, no second worker pool
     bn_loader = train_loader.with_generator(torch.Generator()) if args.bn_update else None

@@ -47,16 +47,29 @@ def parse_args(argv=None):
                    help='subspace kinds')
     p.add_argument('--dims', nargs='+', type=flags.positive_int, required=True, metavar='D',
                    help='subspace dimensions')
-    p.add_argument('--seeds', nargs='+', type=int, default=[1, 2, 3], metavar='S',
+    p.add_argument('--seeds', nargs='+', type=flags.seed, default=[1, 2, 3], metavar='S',
                    help='--subspace-seed values (random, fastfood; dldr and twa use the first)')
-    p.add_argument('--target', type=float, default=0.9, metavar='F',
+    p.add_argument('--target', type=flags.positive_float, default=0.9, metavar='F',
                    help='target accuracy as a fraction of the SGD run\'s final test accuracy')
     p.add_argument('--success', type=flags.fraction, default=1.0, metavar='P',
                    help='fraction of the seeds that must reach the target at the threshold d')
     tracking.add_tracking_args(p)  # passed on to every run (each its own TensorBoard / W&B run)
     args, passthrough = p.parse_known_args(argv)
     args.passthrough = [a for a in passthrough if a != '--']
+    check_args(args)
     return args
+
+
+def check_args(args):
+    """Before any run starts: --save-dir (and the log folder) can be written, and the flags
+    passed on parse for train_psgd.py (random d=1 fits any trajectory, so an error here is about
+    them; in :func:`plan` a refused run means a d too large for its kind)."""
+    problem = utils.unwritable_dir(args.save_dir)
+    if problem:
+        raise UserError(f'--save-dir {args.save_dir}: {problem}')
+    tracking.check_log_dir(args)
+    train_psgd.parse_args([*args.passthrough, *tracking.passed_on(args), '--save-dir', args.save_dir,
+                           '--subspace', 'random', '--n_components', '1'])
 
 
 def run_argv(args, kind, d, seed):

@@ -27,6 +27,7 @@ import json
 import netrc
 import os
 
+import utils
 from utils import UserError
 
 LOGGERS = ('tensorboard', 'wandb')
@@ -61,6 +62,38 @@ def _positive_int(text):
     return value
 
 
+WANDB_PROJECT_FORBIDDEN = '/\\#?%:'  # (wandb.Settings refuses these, and names over 128 characters)
+
+
+def _wandb_project(text):
+    """``--wandb-project``: a name W&B accepts, checked when parsed (W&B would fail at
+    ``wandb.init``, after the basis was built)."""
+    bad = sorted(set(text) & set(WANDB_PROJECT_FORBIDDEN))
+    if not text.strip() or bad or len(text) > 128:
+        raise argparse.ArgumentTypeError(
+            f'must be a W&B project name: not empty, at most 128 characters, none of '
+            f'{" ".join(WANDB_PROJECT_FORBIDDEN)}; got {text!r}')
+    return text
+
+
+def log_dir(args):
+    """The folder of the run's logs: ``--log-dir``, else ``<save-dir>/logs``."""
+    return args.log_dir or os.path.join(args.save_dir, 'logs')
+
+
+def check_log_dir(args):
+    """With ``--logger``: a log folder that cannot be written (a file, a read-only folder) is a
+    one-line error while the flags are parsed, on every rank, before any work (not a traceback
+    of TensorBoard after the basis was built; not W&B's silent switch to a temporary folder)."""
+    if not args.logger:
+        return
+    folder = log_dir(args)
+    problem = utils.unwritable_dir(folder)
+    if problem:
+        flag = '--log-dir' if args.log_dir else '--save-dir (its logs/ folder: the default --log-dir)'
+        raise UserError(f'{flag} {folder}: {problem}; --logger {" ".join(args.logger)} writes there')
+
+
 def add_tracking_args(p, steps=True):
     """``--logger``, ``--log-dir``, ``--wandb-project`` and (``steps``) ``--log-every``."""
     a = p.add_argument
@@ -71,8 +104,10 @@ def add_tracking_args(p, steps=True):
            'without credentials (upload later with wandb sync)')
     a('--log-dir', '--log_dir', default=None, metavar='DIR',
       help='folder of the TensorBoard event files (DIR/<run>/) and W&B runs (DIR/wandb/) '
-           '(default: <save-dir>/logs)')
-    a('--wandb-project', '--wandb_project', default='dldr', metavar='NAME', help='W&B project')
+           '(default: <save-dir>/logs); with --logger it must be a writable folder (or one that '
+           'can be made), checked before any work')
+    a('--wandb-project', '--wandb_project', default='dldr', type=_wandb_project, metavar='NAME',
+      help='W&B project')
     if steps:
         a('--log-every', '--log_every', default=50, type=_positive_int, metavar='N',
           help='with --logger: log the training loss (and lr) every N steps (x: the global '
@@ -217,6 +252,8 @@ class WandbBackend:
             raise missing_package('wandb') from None
         mode = os.environ.get('WANDB_MODE') or ('online' if _wandb_credentials() else 'offline')
         os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):  # wandb would log to a temporary folder
+            raise UserError(f'--log-dir {folder} is not writable: wandb cannot write its run there')
         # console off: the run's stdout stays ours (wandb would wrap it); no system-stats
         # sampler competing with training for the CPUs; no git/code capture
         settings = dict(console='off', silent=True, x_disable_stats=True, disable_git=True,
@@ -260,7 +297,7 @@ def make_tracker(args, context=None, name='run'):
     config; a tracker without backends elsewhere and without ``--logger``."""
     if not args.logger or (context is not None and not context.is_main):
         return Tracker()
-    folder = args.log_dir or os.path.join(args.save_dir, 'logs')
+    folder = log_dir(args)
     config = {k: v for k, v in vars(args).items() if not callable(v)}
     backends = []
     try:
@@ -269,9 +306,11 @@ def make_tracker(args, context=None, name='run'):
                 backends.append(TensorBoardBackend(os.path.join(folder, name)))
             else:
                 backends.append(WandbBackend(folder, args.wandb_project, name, config))
-    except BaseException:
+    except BaseException as e:
         for b in backends:
             b.close()
+        if isinstance(e, OSError):  # (checked when parsed; here if the folder changed since)
+            raise UserError(f'--log-dir {folder}: {e.strerror or e}') from None
         raise
     tracker = Tracker(backends, getattr(args, 'log_every', None))
     tracker.log_config(config)

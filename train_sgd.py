@@ -13,6 +13,7 @@ import math
 import os
 import re
 import time
+from collections import Counter
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -43,15 +44,41 @@ def parse_args(argv=None):
     flags.add_lr(p, 0.1, 'initial learning rate')
     flags.add_momentum(p)
     flags.add_lr_milestones(p, None, 'as the reference, 100 150 on CIFAR10, 150 on CIFAR100, '
-                                     '30 60 on ImageNet, else 50%% and 75%% of --epochs')
+                                     '30 60 on ImageNet, else 50%% and 75%% of --epochs, without '
+                                     'one at epoch 0 or two at one epoch: --epochs 2 decays once, '
+                                     'after epoch 1, --epochs 1 never (the run says so). A '
+                                     '--resume follows the milestones of the current flags, '
+                                     'recomputed from a changed --epochs')
     flags.add_sgd_args(p)
-    return flags.finish_sgd_args(p.parse_args(argv))
+    return flags.finish_sgd_args(p.parse_args(argv), default_lr=p.get_default('lr'))
 
 
 def milestones(args):
+    """The epochs after which the lr is multiplied by 0.1: --lr-milestones as given; else the
+    reference's for its datasets, or 50% and 75% of --epochs with none at epoch 0 (the run would
+    start at lr x 0.1) and none twice (two decays at once): short runs decay less."""
     if args.lr_milestones is not None:
-        return args.lr_milestones
-    return MILESTONES.get(args.datasets, (args.epochs // 2, args.epochs * 3 // 4))
+        return list(args.lr_milestones)
+    if args.datasets in MILESTONES:
+        return list(MILESTONES[args.datasets])
+    return sorted({args.epochs // 2, args.epochs * 3 // 4} - {0})
+
+
+def milestones_note(args):
+    """The line saying that --epochs is too short for the default two decays (None: it is not)."""
+    if args.lr_milestones is not None or args.datasets in MILESTONES or args.epochs == 0:
+        return None
+    kept = milestones(args)
+    if len(kept) == 2:
+        return None
+    return (f'note: --epochs {args.epochs} is too short for the default x0.1 decays at 50% and 75% '
+            f'of the epochs (both would fall at epoch {args.epochs // 2}): '
+            + (f'one decay, after epoch {kept[0]}' if kept else 'the lr stays constant')
+            + ' (--lr-milestones sets them)')
+
+
+def schedule_text(steps):
+    return f'x0.1 after epochs {" ".join(map(str, steps))}' if steps else 'a constant lr'
 
 
 def make_optimizer(args, model):
@@ -135,12 +162,37 @@ def restore_checkpoint(checkpoint, path, state, record, noise, steps):
     torch.set_rng_state(checkpoint['rng']['torch'])
     if context.device.type == 'cuda' and checkpoint['rng'].get('cuda') is not None:
         torch.cuda.set_rng_state(checkpoint['rng']['cuda'], context.device)
+    follow_schedule(state, checkpoint)
     epoch = checkpoint['epoch']
     # checkpoints of before --snapshot-every: one snapshot an epoch
     record.resume(checkpoint['epochs'], checkpoint.get('snapshots') or [
         {'snapshot': k, 'epoch': k, 'step': steps if k else 0, 'iteration': k * steps}
         for k in range(epoch + 1)])
     return epoch, checkpoint['best_acc']
+
+
+def follow_schedule(state, checkpoint):
+    """After the scheduler state is restored (which restores the checkpoint's milestones too):
+    the milestones of the current flags — the default ones recomputed from a changed --epochs,
+    --lr-milestones as given (a changed one is refused) — and the lr they give at the resumed
+    epoch; one line says so when --epochs or the milestones changed (not for -e: no training)."""
+    args, scheduler = state.args, state.scheduler
+    want, saved = milestones(args), sorted(scheduler.milestones.elements())
+    old_epochs = checkpoint['args'].get('epochs')
+    if args.evaluate or (want == saved and old_epochs == args.epochs):
+        return
+    scheduler.milestones = Counter(want)
+    decays = sum(1 for m in want if m <= scheduler.last_epoch)
+    for group, base in zip(state.optimizer.param_groups, scheduler.base_lrs):
+        group['lr'] = base * scheduler.gamma ** decays
+    scheduler._last_lr = [group['lr'] for group in state.optimizer.param_groups]
+    state.context.print(
+        f'--resume: --epochs {args.epochs} (the checkpoint\'s run: --epochs {old_epochs}, '
+        f'{schedule_text(saved)}): the lr schedule of the current flags is followed, '
+        f'{schedule_text(want)}; lr {scheduler._last_lr[0]:g} from epoch {scheduler.last_epoch + 1}'
+        if want != saved else
+        f'--resume: --epochs {args.epochs} (the checkpoint\'s run: --epochs {old_epochs}); the lr '
+        f'schedule does not depend on it: {schedule_text(want)}')
 
 
 class TrainingState:
@@ -169,14 +221,15 @@ def check_start(args, context, ckpt_path):
                             f'continue it, --overwrite to replace it, or another --save-dir')
         return None, None, earlier
     path = resume_path(args)
-    checkpoint = utils.load_file(path, 'checkpoint')
+    checkpoint = utils.load_file(path, '--resume checkpoint')
     if args.evaluate and not is_checkpoint(checkpoint):
         return None, utils.weights_of(checkpoint), []  # weights + BN buffers only
     if not is_checkpoint(checkpoint):
         raise UserError(f'{path} is not a full checkpoint of train_sgd.py (a snapshot k.pt or a '
                         f'reference checkpoint holds only weights: evaluate it with -e, start from '
                         f'it with --pretrained): use checkpoint.pt or checkpoint_<epoch>.pt')
-    changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)]
+    changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)
+               and not (k == 'lr' and args.optimizer == 'adam')]  # (adam: always 0.001)
     if changed:
         k = changed[0]
         raise UserError(f'cannot resume {path}: it was run with --{k} '
@@ -239,10 +292,12 @@ def evaluate_only(model, weights, test_loader, context, args):
 def main(argv=None):
     args = parse_args(argv)
     context = distributed.setup(args)
-    utils.prepare_save_dir(args.save_dir)
     metrics_path = os.path.join(args.save_dir, 'metrics_sgd.json')
     ckpt_path = os.path.join(args.save_dir, 'checkpoint.pt')
     checkpoint, eval_weights, earlier = check_start(args, context, ckpt_path)
+    utils.prepare_save_dir(args.save_dir)  # (after the checks: a refused run leaves no folder)
+    if milestones_note(args) and not args.evaluate:
+        context.print(milestones_note(args))
 
     data = utils.load_data(args)
     noise = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)

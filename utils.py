@@ -661,8 +661,11 @@ def load_file(path, what='file', mmap=False):
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise UserError(f'refusing to load {path}: it holds pickled objects other than tensors '
                         f'and plain containers ({first[:120]})') from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001 -- junk bytes fail anywhere in torch.load (a text
+        # file: KeyError 101 from the unpickler's memo): the file is not one torch.save wrote
+        known = isinstance(e, (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError))
+        first = (str(e).strip().splitlines()[0] if known and str(e).strip() else
+                 type(e).__name__ if known else 'not a file torch.save wrote')
         raise UserError(f'corrupt or truncated {what}: {path} ({first[:120]})') from None
 
 
@@ -711,7 +714,7 @@ def pretrained_weights(spec, arch, family):
             return path, load_safetensors(path)
         except (SafetensorError, OSError) as e:
             raise UserError(f'corrupt or truncated weights file: {path} ({str(e)[:120]})') from None
-    return path, weights_of(load_file(path, 'weights file'))
+    return path, weights_of(load_file(path, '--pretrained weights file'))
 
 
 def snapshot_path(folder, i):
@@ -776,6 +779,13 @@ def open_trajectory(folder, start, end, model, step=1):
 
     Every file is checked (present, loadable, same shapes as ``model``) before any work starts.
     """
+    check_trajectory_files(folder, start, end, step)
+    return [FlatSnapshot(snapshot_path(folder, i), model) for i in range(start, end, step)]
+
+
+def check_trajectory_files(folder, start, end, step=1):
+    """One-line UserError unless the snapshots ``start, start+step, .. < end`` are files in
+    ``folder`` (present only: :func:`open_trajectory` reads and checks them)."""
     numbers = range(start, end, step)
     missing = [snapshot_path(folder, i) for i in numbers if not os.path.isfile(snapshot_path(folder, i))]
     if missing:
@@ -783,7 +793,31 @@ def open_trajectory(folder, start, end, model, step=1):
         every = f', step {step}' if step > 1 else ''
         raise UserError(f'missing snapshot {missing[0]}{more}: the trajectory needs '
                         f'{start}.pt .. {numbers[-1]}.pt{every} in {folder}')
-    return [FlatSnapshot(snapshot_path(folder, i), model) for i in numbers]
+
+
+def existing_ancestor(path):
+    """``path`` itself, or the nearest folder above it that exists: where it would be made
+    (None: a broken symbolic link on the way, which cannot be made)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        if os.path.lexists(path):
+            return None
+        path = os.path.dirname(path)
+    return path
+
+
+def unwritable_dir(path):
+    """Why ``path`` cannot be used, or made, as a folder this process writes into (None: it
+    can); found without creating anything: a file or broken link on the way, or a read-only
+    folder (a read-only file system included, which ``os.access`` reports even to root)."""
+    where = existing_ancestor(path)
+    if where is None:
+        return 'a broken symbolic link is on the way'
+    if not os.path.isdir(where):
+        return f'{where} is a file, not a folder'
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f'{where} is not writable'
+    return None
 
 
 def prepare_save_dir(path):
