@@ -342,3 +342,45 @@ def test_trajectory_recorder_memory_and_the_train_sgd_folder_layout(tmp_path):
     assert [more.epoch_end() for _ in range(6)] == [False, False, True] * 2
     assert sorted(os.listdir(tmp_path / 'traj'))[-2:] == ['5.pt', '6.pt']
     assert not more.step()
+
+
+# ------------------------------------------------------------------------------- DDP, 2 ranks
+
+def ddp_run(context):
+    """PSGD and PBFGS on a DDP-wrapped model (2 gloo ranks, half the global batch each) or the
+    plain model (1 process, the whole batch): the optimizers see DDP's averaged gradient."""
+    import distributed
+    results = {}
+    for kind in ('psgd', 'pbfgs'):
+        net = tiny_net()
+        params = dldr.trainable_params(net)
+        P = orthonormal_rows(4, dldr.flat_params(params).numel(), seed=3)
+        model = net
+        if context.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(net)
+        if kind == 'psgd':
+            opt = dldr.PSGD(params, P, lr=0.5, momentum=0.9)  # unchanged under DDP: no comm
+        else:  # the line search compares losses: their rank-mean needs the comm
+            comm = distributed.DistComm() if context.world_size > 1 else dldr.LOCAL
+            opt = dldr.PBFGS(params, P, max_trials=5, comm=comm)
+        for x, y in data(4, batch=16, seed=7):
+            x, y = x[context.rank::context.world_size], y[context.rank::context.world_size]
+            if kind == 'psgd':
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+            else:
+                opt.step(closure_for(model, opt, x, y, lbfgs_style=True))
+        results[kind] = dldr.flat_params(params)
+    return results
+
+
+def test_ddp_two_gloo_ranks_equal_one_process():
+    import distributed
+    single = ddp_run(distributed.Context(torch.device('cpu')))
+    rank0, rank1 = distributed.spawn_local(ddp_run, 2)
+    w0 = dldr.flat_params(dldr.trainable_params(tiny_net()))
+    for kind in ('psgd', 'pbfgs'):
+        assert torch.equal(rank0[kind], rank1[kind])
+        torch.testing.assert_close(rank0[kind], single[kind], rtol=0, atol=1e-5)
+        assert (single[kind] - w0).abs().max() > 1e-3
