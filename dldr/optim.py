@@ -34,6 +34,12 @@ def project_grads_(params: Sequence[Tensor], subspace, comm: Comm = LOCAL) -> Te
     return coords
 
 
+def _refuse_dtensors(params) -> None:
+    if any(type(p).__name__ == 'DTensor' for p in params):
+        raise ValueError('DTensor parameters (FSDP2 fully_shard) are not supported: the flat vectors '
+                         'concatenate whole parameters; see docs/METHOD.md, "FSDP2"')
+
+
 def _check_subspace(subspace, n: int) -> Subspace:
     if isinstance(subspace, Tensor) and (subspace.ndim != 2 or subspace.shape[1] != n):
         raise ValueError(f'P must have shape (d, {n}) for these parameters, '
@@ -90,6 +96,7 @@ class PSGD(torch.optim.SGD):
         self._subspace_dim = subspace.dim if isinstance(subspace, Subspace) else subspace.shape[0]
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=0.0,
                          nesterov=nesterov, maximize=maximize, foreach=foreach)
+        _refuse_dtensors(self._projected_params())
         n = sum(p.numel() for p in self._projected_params())
         self.subspace = _check_subspace(subspace, n)
         self.comm = reduction_comm(self.subspace, comm)
@@ -292,6 +299,7 @@ class PBFGS(torch.optim.Optimizer):
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError('PBFGS supports a single parameter group')
+        _refuse_dtensors(self._params)
         n = sum(p.numel() for p in self._params)
         self.subspace = _check_subspace(subspace, n)
         self.comm = reduction_comm(self.subspace, comm)

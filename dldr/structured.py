@@ -39,6 +39,12 @@ class FastfoodSubspace(Subspace):
     (with momentum) on f(w_0 + M c), and P-BFGS is BFGS on the same reparametrisation, so their
     iterates stay in w_0 + range(M) exactly as with an orthonormal basis (the residual momentum
     of P-BFGS then uses g - M M^T g).
+
+    Args:
+        dim: d, with 1 <= d <= n.
+        n: the length of the parameter vectors.
+        seed: the seed of B, Π and G.
+        device: where the products run (default: the CPU).
     """
 
     def __init__(self, dim: int, n: int, seed: int, device=None):
