@@ -7,7 +7,12 @@ from torch import Tensor
 
 
 def trainable_params(model: torch.nn.Module) -> list[Tensor]:
-    """Parameters with ``requires_grad``, in ``model.named_parameters()`` order."""
+    """Parameters with ``requires_grad``, in ``model.named_parameters()`` order: the order of
+    every flat vector.
+
+    Args:
+        model: the model (its DDP wrapper gives the same order).
+    """
     return [p for _, p in model.named_parameters() if p.requires_grad]
 
 
@@ -20,19 +25,33 @@ def _views_like(params: Sequence[Tensor], vec: Tensor) -> list[Tensor]:
 
 
 def flat_params(params: Sequence[Tensor]) -> Tensor:
-    """Concatenation of ``params`` as a new 1-D float32 tensor."""
+    """Concatenation of ``params`` as a new 1-D float32 tensor.
+
+    Args:
+        params: the parameters (:func:`trainable_params`).
+    """
     with torch.no_grad():
         return torch.cat([_float32(p.reshape(-1)) for p in params])
 
 
 @torch.no_grad()
 def set_flat_params_(params: Sequence[Tensor], vec: Tensor) -> None:
-    """Copy the flat ``vec`` into ``params`` in place (cast to each parameter's dtype)."""
+    """Copy the flat ``vec`` into ``params`` in place (cast to each parameter's dtype).
+
+    Args:
+        params: the parameters (:func:`trainable_params`).
+        vec: a 1-D tensor of their total length.
+    """
     torch._foreach_copy_(list(params), _views_like(params, vec))
 
 
 def flat_grad(params: Sequence[Tensor]) -> Tensor:
-    """Concatenation of the gradients of ``params`` as a new 1-D float32 tensor (0 where ``grad`` is None)."""
+    """Concatenation of the gradients of ``params`` as a new 1-D float32 tensor (0 where ``grad``
+    is None).
+
+    Args:
+        params: the parameters (:func:`trainable_params`).
+    """
     return torch.cat([_float32((p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1))
                       for p in params])
 
@@ -44,7 +63,12 @@ def _float32(t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def set_flat_grad_(params: Sequence[Tensor], vec: Tensor) -> None:
-    """Copy the flat ``vec`` into the ``.grad`` of ``params`` (allocated where None)."""
+    """Copy the flat ``vec`` into the ``.grad`` of ``params`` (allocated where None).
+
+    Args:
+        params: the parameters (:func:`trainable_params`).
+        vec: a 1-D tensor of their total length.
+    """
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)

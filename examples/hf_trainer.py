@@ -5,6 +5,11 @@ trains 16 steps with AdamW while its trajectory is recorded, then 30 steps of P-
     pip install -r requirements-integrations.txt
     python examples/hf_trainer.py
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: dldr
+
 import tempfile
 
 import torch

@@ -4,6 +4,11 @@
     pip install -r requirements-integrations.txt
     python examples/lightning_module.py
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: dldr
+
 import lightning
 import torch
 import torch.nn.functional as F

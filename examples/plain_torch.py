@@ -2,6 +2,11 @@
 
     python examples/plain_torch.py
 """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: dldr
+
 import torch
 import torch.nn.functional as F
 
