@@ -42,7 +42,10 @@ def main(argv=None):
     run = subspace_run.prepare(args, 'psgd')
     model, context = run.model, run.context
     params = dldr.trainable_params(model)
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=0.0)
+    # SGD with momentum on P^T P g (no weight decay); every rank projects its own gradient and
+    # the ranks average the d coordinates
+    optimizer = dldr.optim.PSGD(params, run.subspace, lr=args.lr, momentum=args.momentum,
+                                comm=context.comm)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
     scaler = engine.grad_scaler(args, context.device)
     tracker = tracking.make_tracker(args, context, subspace_run.subspace_tag('psgd', args))
@@ -54,7 +57,7 @@ def main(argv=None):
         lr = optimizer.param_groups[0]['lr']
         train = engine.train_epoch(  # all-reduces the d coordinates of every step's gradient
             model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
-            before_step=lambda: dldr.project_grads_(params, run.subspace, context.comm),
+            before_step=optimizer.project_,  # before a GradScaler's inf check: the same on every rank
             log_step=tracker.step_hook(optimizer, epoch * len(run.train_loader)),
             desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
         if not math.isfinite(train[0]):

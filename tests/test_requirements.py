@@ -129,9 +129,15 @@ def test_the_checker_sees_imports_guards_and_dependencies(tmp_path):
     assert 'pillow' not in installed_closure(['tqdm'])
 
 
+REQUIREMENT_FILES = ('requirements.txt', 'requirements-integrations.txt')
+"""What CI (.ci/run) installs: the method's requirements and the optional integrations'."""
+
+
 def test_every_import_is_installed_by_requirements_txt():
-    with open(os.path.join(ROOT, 'requirements.txt')) as f:
-        closure = installed_closure(requirement_names(f))
+    closure = set()
+    for name in REQUIREMENT_FILES:
+        with open(os.path.join(ROOT, name)) as f:
+            closure |= installed_closure(requirement_names(f))
     providers = metadata.packages_distributions()  # top-level module -> distributions
     missing = []
     for module, path in sorted(third_party_imports(python_files()).items()):
