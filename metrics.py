@@ -127,13 +127,28 @@ def main(argv=None):
     s = sub.add_parser('snapshots', help='the number of snapshots a sampling run wrote (0..N-1: '
                                          'run.sh passes N as --params_end)')
     s.add_argument('path', metavar='FILE', help='a metrics_sgd.json')
+    s.add_argument('--until-epoch', type=int, default=None, metavar='K',
+                   help='only those taken up to the end of epoch K (0..N-1 then end there)')
+    q = sub.add_parser('sgd-epochs-like', help='how many epochs of an SGD run (the mean of its '
+                                               'rows) take as long as the whole of another run '
+                                               '(its last row\'s elapsed), at least 1')
+    q.add_argument('run', metavar='FILE', help='the run whose wall-clock to match')
+    q.add_argument('sgd', metavar='SGD_FILE', help='a metrics_sgd.json')
     args = p.parse_args(argv)
+    if args.command == 'sgd-epochs-like':
+        run, sgd = load(args.run), load(args.sgd)
+        epoch_seconds = [r['seconds'] for r in sgd['epochs']]
+        print(max(1, round(run['epochs'][-1]['elapsed'] / (sum(epoch_seconds) / len(epoch_seconds)))))
+        return
     if args.command == 'finished':
         sys.exit(0 if finished(args.path) else 1)
     if args.command == 'snapshots':
         if not os.path.isfile(args.path):
             raise UserError(f'no such file: {args.path}')
-        print(len(load(args.path).get('snapshots', [])))
+        snapshots = load(args.path).get('snapshots', [])
+        if args.until_epoch is not None:
+            snapshots = [s for s in snapshots if s['epoch'] <= args.until_epoch]
+        print(len(snapshots))
         return
     if not os.path.isdir(args.folder):
         raise UserError(f'no such folder: {args.folder}')

@@ -437,6 +437,34 @@ def plot_dims(opts):
     return save(fig, opts, 'dims.png')
 
 
+def plot_budget(opts):
+    """Test accuracy against measured wall-clock minutes, one colour per pipeline of the budget
+    study (``run.sh budget``), one curve per seed; a subspace pipeline's curve continues the SGD
+    curve it starts from (SGD up to epoch K, then its own evaluations)."""
+    import pipelines
+    folder = opts.dirs[0]
+    per_seed = [pipelines.seed_pipelines(sub) for sub in pipelines.seeds(folder)]
+    per_seed = [p for p in per_seed if p]
+    if not per_seed:
+        raise utils.UserError(f'no finished budget runs in {folder} (sgd_s*/metrics_sgd.json)')
+    fig, ax = figure(figsize=(9, 5.5))
+    colours = {}
+    for i, found in enumerate(per_seed):
+        for name, timeline in found.items():
+            colour = colours.setdefault(name, f'C{len(colours)}')
+            minutes = [p[0] / 60 for p in timeline.points]
+            ax.plot(minutes, [p[2] for p in timeline.points], color=colour, alpha=1.0 if i == 0 else 0.45,
+                    linestyle='--' if name.startswith('SGD') else '-', marker='o', markersize=2.5,
+                    label=name if i == 0 else None)
+            ax.plot(minutes[-1:], [timeline.final], color=colour, marker='*', markersize=9)
+    ax.set(xlabel='wall-clock minutes (measured: set-up, compilation, basis and evaluations included)',
+           ylabel='test accuracy (%, BatchNorm running statistics)',
+           title=f'Accuracy vs wall-clock: {len(per_seed)} seed(s), star = end of the pipeline')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small', loc='lower right')
+    return save(fig, opts, 'budget.png')
+
+
 def plot_all(opts):
     for family in FAMILIES:
         try:
@@ -447,7 +475,7 @@ def plot_all(opts):
 
 PLOTTERS = MappingProxyType({'curves': plot_curves, 'time': plot_time, 'spectrum': plot_spectrum,
                              'trajectory': plot_trajectory, 'noise': plot_noise, 'dims': plot_dims,
-                             'all': plot_all})
+                             'budget': plot_budget, 'all': plot_all})
 
 
 def parse_args(argv=None):
@@ -464,6 +492,7 @@ def parse_args(argv=None):
              'trajectory': 'SGD trajectory and subspace endpoints on the top-2 PCA plane (trajectory.png)',
              'noise': 'final test accuracy vs label noise, over several save-dirs (noise.png)',
              'dims': 'final test accuracy vs subspace dimension d (dims.png)',
+             'budget': 'test accuracy vs wall-clock of the pipelines of run.sh budget (budget.png)',
              'all': 'every figure that applies to the folder'}
     for name, text in helps.items():
         s = sub.add_parser(name, parents=[common], help=text, description=text)
@@ -487,7 +516,8 @@ def parse_args(argv=None):
 def main(argv=None):
     opts = parse_args(argv)
     for folder in opts.dirs:
-        load_runs(folder)  # check every folder before writing anything
+        if opts.family != 'budget':  # (a budget folder holds its runs one level down)
+            load_runs(folder)  # check every folder before writing anything
     opts.out = opts.out or opts.dirs[0]
     try:
         os.makedirs(opts.out, exist_ok=True)

@@ -4,6 +4,8 @@
     python tables.py noise runs/noise              # label noise: SGD best and final, P-BFGS, P-SGD (bash run.sh noise)
     python tables.py pbfgs-batch runs/resnet8      # P-BFGS at batch 128 / 256 / 1024 (bash run.sh pbfgs-batch)
     python tables.py vit runs/vit                  # a trained ViT fine-tuned in a subspace (bash run.sh vit)
+    python tables.py budget runs/budget            # SGD's accuracy from fewer SGD epochs, timed (bash run.sh budget)
+    python tables.py improve runs/budget           # a trained model improved (bash run.sh budget)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
 SGD trajectory: ``sgd_s<seed>`` for resnet8, ``c<level>`` for noise), prints a markdown table
@@ -18,6 +20,7 @@ import statistics
 import distributed
 import flags
 import metrics
+import pipelines
 import utils
 
 # ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
@@ -149,8 +152,76 @@ def vit_table(folder):
     return lines
 
 
+def _stats(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _pm(values, fmt='.2f', signed=False):
+    """'83.12 ± 0.40' over ``values``; one value alone without ``±``."""
+    mean, std = _stats(values)
+    sign = '+' if signed else ''
+    return f'{mean:{sign}{fmt}}' + (f' ± {std:{fmt}}' if std is not None else '')
+
+
+def budget_table(folder):
+    """Rows of the budget table from ``folder``/sgd_s*/: every pipeline's SGD and subspace epochs,
+    measured wall-clock and CPU minutes, final and best test accuracy (running BatchNorm
+    statistics), and the gap to SGD-E's final accuracy (mean ± std over the seeds, paired)."""
+    per_seed = [pipelines.seed_pipelines(sub) for sub in pipelines.seeds(folder)]
+    per_seed = [p for p in per_seed if p]
+    lines = ['| pipeline | SGD epochs | subspace epochs | wall-clock min | CPU min | final test acc | '
+             'best test acc | final − SGD-E (points) | seeds |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    if not per_seed:
+        return lines + ['| (no finished runs yet) | | | | | | | | |']
+    sgd_name = next(iter(per_seed[0]))
+    names = list(dict.fromkeys(n for p in per_seed for n in p))
+    for name in names:
+        found = [(p[name], p[sgd_name]) for p in per_seed if name in p and sgd_name in p]
+        lines_ = [t for t, _ in found]
+        gap = [t.final - s.final for t, s in found]
+        lines.append(
+            f'| {name} | {lines_[0].sgd_epochs} | {lines_[0].phase_epochs} | '
+            f'{_pm([t.seconds / 60 for t in lines_], ".1f")} | {_pm([t.cpu_seconds / 60 for t in lines_], ".1f")} | '
+            f'{_pm([t.final for t in lines_])} | {_pm([t.best for t in lines_])} | '
+            f'{"" if name == sgd_name else _pm(gap, signed=True)} | {len(found)} |')
+    lines += ['| *paper, ResNet20 (GPU): SGD 150 epochs* | 150 | | | | 91.55 | | | |',
+              '| *paper: DLDR P-BFGS 40-D from the first 80 epochs* | 80 | 20 | | | 91.72 | | +0.17 | |',
+              '| *TWA paper: TWA from the first 100 of 200 epochs* | 100 | 10 | | | as SGD-200 | | '
+              '">40 % of the training time saved" | |']
+    return lines
+
+
+def improve_table(folder):
+    """Rows of the improvement table from ``folder``/sgd_s*/improve: each way of spending extra
+    time on the trained SGD-E model, its extra wall-clock, final test accuracy, and its gain over
+    the trained model and over the endpoint of the SGD continuation whose snapshots span the
+    subspace (paired per seed; mean ± std)."""
+    found = [pipelines.improve_pipelines(sub) for sub in pipelines.seeds(folder)]
+    found = [(p, trained) for p, trained in found if p and trained is not None]
+    lines = ['| from the trained model | extra wall-clock min | final test acc | gain over the trained '
+             'model | gain over the span\'s SGD endpoint | seeds |',
+             '| --- | ---: | ---: | ---: | ---: | ---: |']
+    if not found:
+        return lines + ['| (no finished runs yet) | | | | | |']
+    trained = [t for _, t in found]
+    lines.append(f'| the trained model (SGD-E) | 0 | {_pm(trained)} | | | {len(trained)} |')
+    names = list(dict.fromkeys(n for p, _ in found for n in p))
+    for name in names:
+        rows = [(p[name], t, next((v for k, v in p.items() if k.startswith('SGD continued') and
+                                   'endpoint' in k), None)) for p, t in found if name in p]
+        gain = [tl.final - t for tl, t, _ in rows]
+        over_end = [tl.final - end.final for tl, _, end in rows if end is not None]
+        within = (' (within noise)' if len(gain) > 1 and abs(statistics.mean(gain)) <=
+                  (statistics.stdev(gain) or 0) else '')
+        lines.append(f'| {name} | {_pm([tl.seconds / 60 for tl, _, _ in rows], ".1f")} | '
+                     f'{_pm([tl.final for tl, _, _ in rows])} | {_pm(gain, signed=True)}{within} | '
+                     f'{_pm(over_end, signed=True) if over_end and "endpoint" not in name else ""} | {len(rows)} |')
+    return lines
+
+
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
-          'vit': vit_table}
+          'vit': vit_table, 'budget': budget_table, 'improve': improve_table}
 
 
 def parse_args(argv=None):

@@ -52,6 +52,12 @@ def main(argv=None):
     tracker.log_basis(run.record.data['basis'])
 
     start = time.time()
+    if args.epochs == 0:  # only the starting point (e.g. --train-start mean: SWA)
+        test, test_bn, eval_seconds = run.evaluate(0)
+        context.print(f'epoch 0 (the start, not trained): test loss {test[0]:.4f} acc {test[1]:.2f}%')
+        run.record.add_epoch({'epoch': 0, 'test_loss': test[0], 'test_acc': test[1],
+                              **({'test_loss_bn': test_bn[0], 'test_acc_bn': test_bn[1]} if test_bn else {}),
+                              'seconds': eval_seconds, 'eval_seconds': eval_seconds})
     for epoch in range(args.epochs):
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
