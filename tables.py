@@ -76,11 +76,21 @@ def resnet8_table(folder):
     return lines
 
 
+def noise_model(run):
+    """(``--noise-model``, realised share of wrong labels or None) of a run; runs older than the
+    flag ran the 'wrong' model, where every redrawn label is wrong."""
+    model = run['args'].get('noise_model', 'wrong')
+    wrong = run.get('wrong_label_fraction')
+    if wrong is None and model == 'wrong' and run.get('n_train'):
+        wrong = run.get('n_corrupted', 0) / run['n_train']
+    return model, wrong
+
+
 def noise_table(folder):
     """Rows of the label-noise table from ``folder``/c<level>/."""
-    lines = ['| label noise | SGD best | SGD final | P-BFGS | P-SGD | SGD train acc, final | '
-             'subspace from snapshots |',
-             '| ---: | ---: | ---: | ---: | ---: | ---: | --- |']
+    lines = ['| label noise | noise model | wrong labels | SGD best | SGD final | P-BFGS | P-SGD | '
+             'SGD train acc, final | subspace from snapshots |',
+             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |']
     for sub in sorted(glob.glob(os.path.join(folder, 'c*'))):
         runs = finished_runs(sub)
         sgd = [r for r in runs if r['method'] == 'sgd']
@@ -90,7 +100,9 @@ def noise_table(folder):
         cells = {m: [r['final_test_acc'] for r in runs if r['method'] == m] for m in ('pbfgs', 'psgd')}
         spans = sorted({f'{r["basis"]["snapshots"][0]}..{r["basis"]["snapshots"][1] - 1}'
                         for r in runs if r['method'] != 'sgd'})
-        lines.append(f'| {100 * level:g}% | {mean_std([r["best_test_acc"] for r in sgd])} | '
+        model, wrong = noise_model(sgd[0])
+        lines.append(f'| {100 * level:g}% | {model} | {"-" if wrong is None else f"{100 * wrong:.1f}%"} | '
+                     f'{mean_std([r["best_test_acc"] for r in sgd])} | '
                      f'{mean_std([r["final_test_acc"] for r in sgd])} | {mean_std(cells["pbfgs"])} | '
                      f'{mean_std(cells["psgd"])} | {mean_std([r["epochs"][-1]["train_acc"] for r in sgd])} | '
                      f'{", ".join(spans) or "-"} |')

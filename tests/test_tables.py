@@ -52,7 +52,15 @@ def test_noise_table_best_final_and_subspace_runs(tmp_path):
     write_run(tmp_path / 'c0.2/metrics_psgd_d15_0-16.json', 'psgd', 62.5, args={'corrupt': 0.2},
               basis={'kind': 'dldr', 'n_components': 15, 'snapshots': [0, 16]})
     lines = tables.noise_table(str(tmp_path))
-    assert lines[2] == '| 20% | 60.00 (1) | 55.50 (1) | 61.00 (1) | 62.50 (1) | 70.00 (1) | 0..15 |'
+    # a run older than --noise-model: the always-wrong model; no n_train here, so no share
+    assert lines[2] == '| 20% | wrong | - | 60.00 (1) | 55.50 (1) | 61.00 (1) | 62.50 (1) | 70.00 (1) | 0..15 |'
+    sgd = json.loads((tmp_path / 'c0.2/metrics_sgd.json').read_text())
+    sgd.update(n_train=20_000, n_corrupted=4_000)
+    (tmp_path / 'c0.2/metrics_sgd.json').write_text(json.dumps(sgd))
+    assert tables.noise_table(str(tmp_path))[2].startswith('| 20% | wrong | 20.0% | 60.00 (1) |')
+    sgd['args']['noise_model'], sgd['wrong_label_fraction'] = 'uniform', 0.1794
+    (tmp_path / 'c0.2/metrics_sgd.json').write_text(json.dumps(sgd))
+    assert tables.noise_table(str(tmp_path))[2].startswith('| 20% | uniform | 17.9% | 60.00 (1) |')
 
 
 def test_pbfgs_batch_table_weights_epochs_by_their_steps(tmp_path):
