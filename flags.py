@@ -174,7 +174,10 @@ def common_parser(description, *, epochs):
     a('--deterministic', action='store_true',
       help='use deterministic algorithms (bit-reproducible runs, slower on GPU)')
     a('--corrupt', default=0.0, type=unit_interval, metavar='C',
-      help='label noise: exactly round(C*N) training labels replaced by a different random class')
+      help='label noise: the labels of int(C*N) seeded training images redrawn (see --noise-model)')
+    a('--noise-model', '--noise_model', default='uniform', choices=utils.NOISE_MODELS,
+      help="how --corrupt redraws a label: 'uniform' (the reference's) from all classes, so about "
+           "1/K keep their class; 'wrong': a different class, always")
     a('--no-augment', '--no_augment', dest='augment', action='store_false',
       help='train on the images as they are: no random crop or flip (label-noise studies: '
            'memorisation of wrong labels shows within a short schedule)')

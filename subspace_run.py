@@ -366,6 +366,6 @@ def prepare(args, method):
     run.record = engine.RunRecord(
         run.metrics_path, args, context, method=method, basis=info,
         n_parameters=sum(p.numel() for p in model.parameters()), n_train=len(data.train_y),
-        n_corrupted=len(data.corrupted) if data.corrupted is not None else 0)
+        **utils.noise_record(data, args))
     run.record.watch(model)
     return run

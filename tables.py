@@ -6,10 +6,11 @@
     python tables.py vit runs/vit                  # a trained ViT fine-tuned in a subspace (bash run.sh vit)
     python tables.py budget runs/budget            # SGD's accuracy from fewer SGD epochs, timed (bash run.sh budget)
     python tables.py improve runs/budget           # a trained model improved (bash run.sh budget)
+    python tables.py gpu-headline runs/gpu_headline  # ResNet20: SGD 80, P-BFGS, SGD 150 (bash run.sh gpu-headline)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
-SGD trajectory: ``sgd_s<seed>`` for resnet8, ``c<level>`` for noise), prints a markdown table
-and writes it to ``<folder>/<table>.md``.  Means are over the runs found, ``±`` the sample
+SGD trajectory: ``sgd_s<seed>`` for resnet8 and gpu-headline, ``c<level>`` for noise), prints a
+markdown table and writes it to ``<folder>/<table>.md``.  Means are over the runs found, ``±`` the sample
 standard deviation (as the paper reports its trials); a row of one run shows no ``±``.
 """
 import argparse
@@ -79,11 +80,21 @@ def resnet8_table(folder):
     return lines
 
 
+def noise_model(run):
+    """(``--noise-model``, realised share of wrong labels or None) of a run; runs older than the
+    flag ran the 'wrong' model, where every redrawn label is wrong."""
+    model = run['args'].get('noise_model', 'wrong')
+    wrong = run.get('wrong_label_fraction')
+    if wrong is None and model == 'wrong' and run.get('n_train'):
+        wrong = run.get('n_corrupted', 0) / run['n_train']
+    return model, wrong
+
+
 def noise_table(folder):
     """Rows of the label-noise table from ``folder``/c<level>/."""
-    lines = ['| label noise | SGD best | SGD final | P-BFGS | P-SGD | SGD train acc, final | '
-             'subspace from snapshots |',
-             '| ---: | ---: | ---: | ---: | ---: | ---: | --- |']
+    lines = ['| label noise | noise model | wrong labels | SGD best | SGD final | P-BFGS | P-SGD | '
+             'SGD train acc, final | subspace from snapshots |',
+             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |']
     for sub in sorted(glob.glob(os.path.join(folder, 'c*'))):
         runs = finished_runs(sub)
         sgd = [r for r in runs if r['method'] == 'sgd']
@@ -93,7 +104,9 @@ def noise_table(folder):
         cells = {m: [r['final_test_acc'] for r in runs if r['method'] == m] for m in ('pbfgs', 'psgd')}
         spans = sorted({f'{r["basis"]["snapshots"][0]}..{r["basis"]["snapshots"][1] - 1}'
                         for r in runs if r['method'] != 'sgd'})
-        lines.append(f'| {100 * level:g}% | {mean_std([r["best_test_acc"] for r in sgd])} | '
+        model, wrong = noise_model(sgd[0])
+        lines.append(f'| {100 * level:g}% | {model} | {"-" if wrong is None else f"{100 * wrong:.1f}%"} | '
+                     f'{mean_std([r["best_test_acc"] for r in sgd])} | '
                      f'{mean_std([r["final_test_acc"] for r in sgd])} | {mean_std(cells["pbfgs"])} | '
                      f'{mean_std(cells["psgd"])} | {mean_std([r["epochs"][-1]["train_acc"] for r in sgd])} | '
                      f'{", ".join(spans) or "-"} |')
@@ -217,11 +230,72 @@ def improve_table(folder):
         lines.append(f'| {name} | {_pm([tl.seconds / 60 for tl, _, _ in rows], ".1f")} | '
                      f'{_pm([tl.final for tl, _, _ in rows])} | {_pm(gain, signed=True)}{within} | '
                      f'{_pm(over_end, signed=True) if over_end and "endpoint" not in name else ""} | {len(rows)} |')
+# The paper's headline row (ResNet20 / CIFAR-10): 40-D P-BFGS from snapshots 0..80 (20 epochs,
+# batch 1024) and SGD for 150 epochs, final test accuracy (%).
+PAPER_HEADLINE = {'pbfgs': 91.72, 'sgd_full': 91.55}
+
+
+def epoch_row(run, epoch):
+    """The row of ``epoch`` (counted from 1) of a run, or None."""
+    return next((r for r in run['epochs'] if r['epoch'] == epoch), None)
+
+
+def minutes(rows):
+    return sum(r['seconds'] for r in rows) / 60
+
+
+def gpu_headline_table(folder):
+    """Rows of the headline table (bash run.sh gpu-headline) from ``folder``/sgd_s*/: SGD up to
+    the last snapshot of the P-BFGS basis (epoch 80), P-BFGS from it, SGD to its last epoch
+    (150).  Accuracy: ``test_acc`` / ``final_test_acc``, evaluated with the running BatchNorm
+    statistics that training left (the reference's metric).  Minutes per run: SGD from its
+    epochs' times (training and evaluation), P-BFGS from its run time and its basis's; the seeds
+    ran side by side, so each run's minutes include the sharing of the device."""
+    sgd_split, pbfgs, sgd_full = [], [], []
+    t_split, t_pbfgs, t_full = [], [], []
+    split = full = d = pbfgs_epochs = batch = None
+    reached = []  # the SGD epochs reported in the first row
+    for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*'))):
+        path = os.path.join(sub, 'metrics_sgd.json')
+        if not os.path.isfile(path):
+            continue
+        sgd = metrics.load(path)
+        subspace = [r for r in finished_runs(sub) if r['method'] == 'pbfgs']
+        for run in subspace:
+            split = run['basis']['snapshots'][1] - 1  # the snapshots are one per epoch
+            d, batch = run['basis']['n_components'], run['args']['batch_size']
+            pbfgs_epochs = len(run['epochs'])
+            pbfgs.append(run['final_test_acc'])
+            t_pbfgs.append((run['seconds'] + run['basis'].get('seconds', 0)) / 60)
+        at = split or len(sgd['epochs'])  # no P-BFGS yet: as far as SGD has got
+        reached.append(at)
+        row = epoch_row(sgd, at)
+        if row is not None:
+            sgd_split.append(row['test_acc'])
+            t_split.append(minutes(sgd['epochs'][:at]))
+        last = sgd['args']['epochs']
+        if sgd.finished and last > at and len(sgd['epochs']) == last:
+            full = last
+            sgd_full.append(sgd['final_test_acc'])
+            t_full.append(minutes(sgd['epochs'][at:]))
+    mean = lambda values: f'{statistics.mean(values):.1f}' if values else '-'  # noqa: E731
+    lines = ['| run | epochs | final test acc, ours (runs) | paper | minutes per run |',
+             '| --- | ---: | ---: | ---: | ---: |']
+    split_text = split or (max(reached) if reached else '-')
+    lines.append(f'| SGD to epoch {split_text} (lr 0.1 still constant: snapshots 0..{split_text}) | '
+                 f'{split_text} | {mean_std(sgd_split)} | - | {mean(t_split)} |')
+    lines.append(f'| DLDR P-BFGS, {d or "-"}-D, batch {batch or "-"}, from snapshots 0..{split_text} | '
+                 f'{pbfgs_epochs or "-"} | {mean_std(pbfgs)} | {PAPER_HEADLINE["pbfgs"]:.2f} | '
+                 f'{mean(t_pbfgs)} |')
+    lines.append(f'| SGD to epoch {full or "-"} (continued from epoch {split_text}; minutes of the '
+                 f'continuation) | {full or "-"} | {mean_std(sgd_full)} | {PAPER_HEADLINE["sgd_full"]:.2f} | '
+                 f'{mean(t_full)} |')
     return lines
 
 
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
-          'vit': vit_table, 'budget': budget_table, 'improve': improve_table}
+          'vit': vit_table, 'budget': budget_table, 'improve': improve_table,
+          'gpu-headline': gpu_headline_table}
 
 
 def parse_args(argv=None):

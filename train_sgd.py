@@ -33,8 +33,17 @@ MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,), 'ImageNet': (30, 60)}
 
 # Flags that define a trajectory: resuming with other values would mix two runs.
 TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
-                   'randomseed', 'corrupt', 'smalldatasets', 'amp', 'channels_last', 'lr_milestones',
-                   'snapshot_every', 'image_size')
+                   'randomseed', 'corrupt', 'noise_model', 'smalldatasets', 'amp', 'channels_last',
+                   'lr_milestones', 'snapshot_every', 'image_size')
+
+
+def trajectory_value(run_args, key):
+    """The value of the trajectory flag ``key`` in ``run_args`` (a dict): ``noise_model`` counts
+    only under ``--corrupt`` and is 'wrong' in checkpoints older than the flag (the only model
+    then)."""
+    if key == 'noise_model':
+        return run_args.get('noise_model', 'wrong') if run_args.get('corrupt') else None
+    return run_args.get(key)
 
 
 def parse_args(argv=None):
@@ -133,7 +142,7 @@ def save_checkpoint(paths, state, epoch, best, record, noise):
         'scaler': state.scaler.state_dict() if state.scaler else None,
         'rng': {'data': state.generator.get_state(), 'torch': torch.get_rng_state(),
                 'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None},
-        'label_noise': noise, 'world_size': state.context.world_size, 'snapshots': record.snapshots,
+        **noise, 'world_size': state.context.world_size, 'snapshots': record.snapshots,
     }
     for path in paths:
         utils.save_tensors(checkpoint, path)
@@ -148,11 +157,12 @@ def restore_checkpoint(checkpoint, path, state, record, noise, steps):
     state.scheduler.load_state_dict(checkpoint['scheduler'])
     if state.scaler is not None and checkpoint.get('scaler'):
         state.scaler.load_state_dict(checkpoint['scaler'])
-    saved = checkpoint.get('label_noise')  # the indices the trajectory was trained with
-    if saved is not None and not torch.equal(saved, noise):
-        raise UserError(f'cannot resume {path}: its label-noise indices differ from the ones '
-                        f'--corrupt {args.corrupt} draws now (changed data or code?); resuming '
-                        f'would mix two runs')
+    for key, what in (('label_noise', 'indices'), ('label_noise_labels', 'labels')):
+        saved = checkpoint.get(key)  # what the trajectory was trained with (labels: since --noise-model)
+        if saved is not None and not torch.equal(saved, noise[key]):
+            raise UserError(f'cannot resume {path}: its label-noise {what} differ from the ones '
+                            f'--corrupt {args.corrupt} --noise-model {args.noise_model} draws now '
+                            f'(changed data or code?); resuming would mix two runs')
     saved_world = checkpoint.get('world_size', 1)
     if saved_world != context.world_size:
         context.print(f'warning: {path} was written by {saved_world} rank(s), this run has '
@@ -228,12 +238,13 @@ def check_start(args, context, ckpt_path):
         raise UserError(f'{path} is not a full checkpoint of train_sgd.py (a snapshot k.pt or a '
                         f'reference checkpoint holds only weights: evaluate it with -e, start from '
                         f'it with --pretrained): use checkpoint.pt or checkpoint_<epoch>.pt')
-    changed = [k for k in TRAJECTORY_ARGS if checkpoint['args'].get(k) != getattr(args, k)
+    saved, now = checkpoint['args'], vars(args)
+    changed = [k for k in TRAJECTORY_ARGS if trajectory_value(saved, k) != trajectory_value(now, k)
                and not (k == 'lr' and args.optimizer == 'adam')]  # (adam: always 0.001)
     if changed:
         k = changed[0]
         raise UserError(f'cannot resume {path}: it was run with --{k} '
-                        f'{checkpoint["args"].get(k)!r}, not {getattr(args, k)!r}')
+                        f'{trajectory_value(saved, k)!r}, not {trajectory_value(now, k)!r}')
     elsewhere = (os.path.realpath(os.path.dirname(os.path.abspath(path)))
                  != os.path.realpath(args.save_dir))
     if elsewhere and run_files(args.save_dir) and not (args.overwrite or args.evaluate):
@@ -255,8 +266,18 @@ def start_new_run(args, context, earlier, data):
         print(f'--overwrite: removed {len(earlier)} files of the earlier run in {args.save_dir}')
     if args.start_epoch == 0 and data.corrupted is not None:
         utils.save_json({'corrupt': args.corrupt, 'randomseed': args.randomseed,
-                         'indices': data.corrupted.tolist()},
+                         'noise_model': args.noise_model,
+                         'wrong_label_fraction': data.wrong_label_fraction,
+                         'indices': data.corrupted.tolist(),
+                         'labels': data.train_y[data.corrupted].tolist()},
                         os.path.join(args.save_dir, 'label_noise.json'))
+
+
+def label_noise(data):
+    """What a checkpoint keeps of the label noise, to refuse resuming under other noise: the
+    redrawn indices and their new labels (empty without ``--corrupt``)."""
+    idx = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)
+    return {'label_noise': idx, 'label_noise_labels': data.train_y[idx]}
 
 
 def check_finite(model, train, test, epoch, args, record, context):
@@ -275,7 +296,9 @@ def print_setting(args, context, data, record):
     context.print(f'{args.arch}: {record.data["n_parameters"] / 1e6:.3f}M parameters on {context.device}'
                   + (f' x {context.world_size} ranks' if context.world_size > 1 else '')
                   + f'; {args.datasets}: {len(data.train_y)} train / {len(data.test_y)} test images'
-                  + (f', {len(data.corrupted)} labels corrupted' if data.corrupted is not None else ''))
+                  + (f', {len(data.corrupted)} labels corrupted ({args.noise_model} model: '
+                     f'{100 * data.wrong_label_fraction:.1f}% of the labels wrong)'
+                     if data.corrupted is not None else ''))
 
 
 def evaluate_only(model, weights, test_loader, context, args):
@@ -300,14 +323,13 @@ def main(argv=None):
         context.print(milestones_note(args))
 
     data = utils.load_data(args)
-    noise = data.corrupted if data.corrupted is not None else torch.empty(0, dtype=torch.long)
+    noise = label_noise(data)
     model = utils.build_model(args, data, context.device, None if args.resume else args.pretrained)
     state = TrainingState(args, context, model)
     train_loader, test_loader = utils.make_loaders(data, args, context, state.generator)
     record = engine.RunRecord(metrics_path, args, context, method='sgd',
                               n_parameters=sum(p.numel() for p in model.parameters()),
-                              n_train=len(data.train_y), n_corrupted=len(data.corrupted)
-                              if data.corrupted is not None else 0, snapshots=[])
+                              n_train=len(data.train_y), **utils.noise_record(data, args), snapshots=[])
     record.watch(model)
     best = 0.0
     if checkpoint is not None:

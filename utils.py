@@ -52,6 +52,7 @@ class Dataset:
     mean: tuple
     std: tuple
     corrupted: torch.Tensor = None  # indices (into train set) whose label was replaced
+    wrong_label_fraction: float = 0.0  # share of training labels that differ from the true ones
 
     @property
     def channels(self):
@@ -166,19 +167,44 @@ def make_synthetic(seed=0, n_train=10000, n_test=2000, num_classes=10):
     return Dataset('synthetic', train_x, train_y, test_x, test_y, num_classes, mean, std)
 
 
-def corrupt_labels(labels, fraction, num_classes, seed):
-    """Replace exactly ``round(fraction * N)`` labels by a uniformly drawn *different* class.
+# --noise-model: how --corrupt draws the new labels.  'uniform' is the reference's model (its
+# utils.get_datasets: np.random.choice(10) for each of int(c * N) labels), 'wrong' always picks
+# another class.
+NOISE_MODELS = ('uniform', 'wrong')
 
-    Returns ``(new_labels, indices)``; the same ``seed`` gives the same result in every script.
+
+def corrupt_labels(labels, fraction, num_classes, seed, model='uniform'):
+    """Redraw the labels of ``int(N * fraction)`` training images (the reference's count: int,
+    not round), chosen by a seeded random permutation.  ``model='uniform'`` (the reference's):
+    each new label is drawn uniformly from all ``num_classes`` classes, so about 1/num_classes of
+    them keep their true class; ``'wrong'``: drawn uniformly among the ``num_classes - 1`` others.
+
+    Returns ``(new_labels, indices)`` (the redrawn indices, sorted); the same ``seed`` gives the
+    same result in every script.
     """
+    if model not in NOISE_MODELS:
+        raise ValueError(f'unknown noise model {model!r}; known: {", ".join(NOISE_MODELS)}')
     n = len(labels)
-    count = int(round(fraction * n))
+    count = int(n * fraction)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(n, generator=g)[:count].sort().values
-    shift = torch.randint(1, num_classes, (count,), generator=g)
     new = labels.clone()
-    new[idx] = (labels[idx] + shift) % num_classes
+    if model == 'wrong':
+        shift = torch.randint(1, num_classes, (count,), generator=g)
+        new[idx] = (labels[idx] + shift) % num_classes
+    else:
+        new[idx] = torch.randint(0, num_classes, (count,), generator=g)
     return new, idx
+
+
+def noise_record(data, args):
+    """The label-noise fields of a run's metrics JSON: ``n_corrupted`` (labels redrawn),
+    ``noise_model`` (the ``--noise-model`` that drew them; None without ``--corrupt``) and
+    ``wrong_label_fraction`` (the share of the training labels that differ from the true ones)."""
+    if data.corrupted is None:
+        return {'n_corrupted': 0, 'noise_model': None, 'wrong_label_fraction': 0.0}
+    return {'n_corrupted': len(data.corrupted), 'noise_model': args.noise_model,
+            'wrong_label_fraction': data.wrong_label_fraction}
 
 
 def balanced_subset(labels, fraction, num_classes, seed):
@@ -211,8 +237,11 @@ def load_data(args):
                                seeds.seed('subset', args.randomseed))
         data.keep_train(keep)
     if args.corrupt > 0:
+        clean = data.train_y
         data.train_y, data.corrupted = corrupt_labels(
-            data.train_y, args.corrupt, data.num_classes, seeds.seed('label_noise', args.randomseed))
+            clean, args.corrupt, data.num_classes, seeds.seed('label_noise', args.randomseed),
+            args.noise_model)
+        data.wrong_label_fraction = (data.train_y != clean).sum().item() / max(len(clean), 1)
     return data
 
 
@@ -365,6 +394,7 @@ class FolderData:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     corrupted: torch.Tensor = None
+    wrong_label_fraction: float = 0.0
     channels = 3
 
     @property

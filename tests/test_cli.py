@@ -17,6 +17,7 @@ import torch
 import distributed
 import flags
 import models
+import seeds
 import utils
 from helpers import PBFGS_ARGS, PSGD_ARGS, assert_one_line_error, file_state, flat_snapshot, run
 
@@ -47,14 +48,24 @@ def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
     args = metrics['args']
     assert (args['lr'], args['corrupt'], args['arch'], args['epochs']) == (0.1, 0.2, 'resnet8', 2)
     assert metrics['n_train'] == 500 and metrics['n_corrupted'] == 100
+    assert args['noise_model'] == metrics['noise_model'] == 'uniform'  # the reference's, the default
 
     noise = json.loads((folder / 'label_noise.json').read_text())
     indices = noise['indices']
-    assert len(indices) == round(0.2 * metrics['n_train']) == 100
+    assert len(indices) == int(metrics['n_train'] * 0.2) == 100
     assert indices == sorted(set(indices)) and 0 <= indices[0] and indices[-1] < 500
-    # the rolling checkpoint carries the same indices (verified again on --resume)
+    assert noise['noise_model'] == 'uniform' and len(noise['labels']) == 100
+    # the labels drawn from all 10 classes: some keep their class, so fewer than 20 % are wrong
+    clean = utils.make_synthetic().train_y
+    keep = utils.balanced_subset(clean, 0.05, 10, seeds.seed('subset', 1))
+    wrong = sum(noise['labels'][i] != clean[keep][j].item() for i, j in enumerate(indices))
+    assert 70 <= wrong < 100
+    assert noise['wrong_label_fraction'] == metrics['wrong_label_fraction'] == wrong / 500
+    assert f'{wrong / 5:.1f}% of the labels wrong' in output['stdout']
+    # the rolling checkpoint carries the same indices and labels (verified again on --resume)
     checkpoint = torch.load(folder / 'checkpoint.pt', map_location='cpu', weights_only=True)
     assert checkpoint['label_noise'].tolist() == indices and checkpoint['epoch'] == 2
+    assert checkpoint['label_noise_labels'].tolist() == noise['labels']
 
 
 # ------------------------------------------------------------------------------------ subspace runs
@@ -96,7 +107,9 @@ def test_subspace_run_files_basis_and_iterates(subspace_run, method):
 
     rows = metrics['epochs']
     assert len(rows) == 1 and metrics['final_test_acc'] == rows[0]['test_acc']
-    assert metrics['n_corrupted'] == 100
+    assert metrics['n_corrupted'] == 100 and metrics['noise_model'] == 'uniform'
+    assert metrics['wrong_label_fraction'] == json.loads((folder / 'label_noise.json').read_text())[
+        'wrong_label_fraction']  # the subspace runs draw the trajectory's labels
     assert rows[0]['train_seconds'] > 0 and rows[0]['eval_seconds'] > 0
     if method == 'pbfgs':
         assert rows[0]['steps'] == 2 and rows[0]['nonfinite_skips'] == 0  # 500 images / 256

@@ -126,17 +126,18 @@ def test_top5_accuracy_by_hand():
 
 def test_label_noise_and_subset_on_file_lists(image_folder):
     args = SimpleNamespace(datasets='ImageNet', data_dir=str(image_folder), image_size=32,
-                           smalldatasets=0.5, corrupt=0.25, randomseed=3)
+                           smalldatasets=0.5, corrupt=0.25, randomseed=3, noise_model='wrong')
     data = utils.load_data(args)
     clean = utils.read_image_folder(str(image_folder), 32)
     keep = utils.balanced_subset(clean.train_y, 0.5, CLASSES, seeds.seed('subset', 3))
     assert data.train_paths == [clean.train_paths[i] for i in keep.tolist()]
     assert torch.bincount(clean.train_y[keep]).tolist() == [4] * CLASSES  # round(0.5 * 9) = 4 in class0
     n = len(keep)
-    assert len(data.corrupted) == round(0.25 * n)
+    assert len(data.corrupted) == int(n * 0.25)
     changed = (data.train_y != clean.train_y[keep]).nonzero().flatten()
     assert changed.tolist() == data.corrupted.tolist()
-    expected, _ = utils.corrupt_labels(clean.train_y[keep], 0.25, CLASSES, seeds.seed('label_noise', 3))
+    expected, _ = utils.corrupt_labels(clean.train_y[keep], 0.25, CLASSES, seeds.seed('label_noise', 3),
+                                       'wrong')
     assert torch.equal(data.train_y, expected)
     assert data.test_paths == clean.test_paths  # the val set is never touched
 

@@ -143,7 +143,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path):
         assert_identical(load(folder / f'{k}.pt'), load(reference / f'{k}.pt'), f'{k}.pt')
     assert not (folder / '3.pt').exists()
     got, want = load(folder / 'checkpoint.pt'), load(reference / 'checkpoint.pt')
-    for key in ('epoch', 'best_acc', 'model', 'optimizer', 'scheduler', 'rng', 'label_noise'):
+    for key in ('epoch', 'best_acc', 'model', 'optimizer', 'scheduler', 'rng', 'label_noise',
+                'label_noise_labels'):
         assert_identical(got[key], want[key], key)
     assert without_seconds(got['epochs']) == without_seconds(want['epochs'])
     got, want = (json.loads((f / 'metrics_sgd.json').read_text()) for f in (folder, reference))
@@ -168,6 +169,8 @@ def test_resume_refuses_other_flags_other_noise_and_non_checkpoints(cli, traject
                       'cannot resume', '--lr', '0.1')
     assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--corrupt', '0.3'),
                       'cannot resume', '--corrupt')
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto', '--noise-model', 'wrong'),
+                      'cannot resume', "--noise_model 'uniform', not 'wrong'")
     assert_one_line_error(cli.fail('train_sgd', *base, '--resume', trajectory / '1.pt'),
                       'not a full checkpoint', '1.pt')
     assert_one_line_error(cli.fail('train_sgd', *base, '--resume', tmp_path / 'nothing.pt'),
@@ -180,13 +183,20 @@ def test_resume_refuses_other_flags_other_noise_and_non_checkpoints(cli, traject
     assert file_state(trajectory) == before
 
     # label-noise indices: stored in the checkpoint and checked against the ones drawn now
-    checkpoint = load(trajectory / 'checkpoint.pt')
-    assert checkpoint['label_noise'].numel() == 100
-    checkpoint['label_noise'] = (checkpoint['label_noise'] + 1) % 500
-    utils.save_tensors(checkpoint, str(trajectory / 'checkpoint.pt'))
-    before = file_state(trajectory)
-    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto'), 'label-noise')
-    assert file_state(trajectory) == before
+    original = load(trajectory / 'checkpoint.pt')
+    assert original['label_noise'].numel() == original['label_noise_labels'].numel() == 100
+    for key, what in (('label_noise', 'indices'), ('label_noise_labels', 'labels')):
+        checkpoint = dict(original, **{key: (original[key] + 1) % 10})
+        utils.save_tensors(checkpoint, str(trajectory / 'checkpoint.pt'))
+        before = file_state(trajectory)
+        assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto'), f'label-noise {what}')
+        assert file_state(trajectory) == before
+    # a checkpoint older than --noise-model (no such argument, no labels) ran the 'wrong' model
+    legacy = dict(original, args={k: v for k, v in original['args'].items() if k != 'noise_model'})
+    del legacy['label_noise_labels']
+    utils.save_tensors(legacy, str(trajectory / 'checkpoint.pt'))
+    assert_one_line_error(cli.fail('train_sgd', *base, '--resume', 'auto'),
+                          'cannot resume', "--noise_model 'wrong', not 'uniform'")
 
 
 # ----------------------------------------------------------------------------- 2. atomic files

@@ -52,7 +52,47 @@ def test_noise_table_best_final_and_subspace_runs(tmp_path):
     write_run(tmp_path / 'c0.2/metrics_psgd_d15_0-16.json', 'psgd', 62.5, args={'corrupt': 0.2},
               basis={'kind': 'dldr', 'n_components': 15, 'snapshots': [0, 16]})
     lines = tables.noise_table(str(tmp_path))
-    assert lines[2] == '| 20% | 60.00 (1) | 55.50 (1) | 61.00 (1) | 62.50 (1) | 70.00 (1) | 0..15 |'
+    # a run older than --noise-model: the always-wrong model; no n_train here, so no share
+    assert lines[2] == '| 20% | wrong | - | 60.00 (1) | 55.50 (1) | 61.00 (1) | 62.50 (1) | 70.00 (1) | 0..15 |'
+    sgd = json.loads((tmp_path / 'c0.2/metrics_sgd.json').read_text())
+    sgd.update(n_train=20_000, n_corrupted=4_000)
+    (tmp_path / 'c0.2/metrics_sgd.json').write_text(json.dumps(sgd))
+    assert tables.noise_table(str(tmp_path))[2].startswith('| 20% | wrong | 20.0% | 60.00 (1) |')
+    sgd['args']['noise_model'], sgd['wrong_label_fraction'] = 'uniform', 0.1794
+    (tmp_path / 'c0.2/metrics_sgd.json').write_text(json.dumps(sgd))
+    assert tables.noise_table(str(tmp_path))[2].startswith('| 20% | uniform | 17.9% | 60.00 (1) |')
+
+
+def test_gpu_headline_table_splits_sgd_at_the_basis_and_continues(tmp_path):
+    """SGD accuracy at the last snapshot of the P-BFGS basis and at the end of the continued run,
+    P-BFGS beside the paper's 91.72 / 91.55, minutes per phase from the epoch times."""
+    def sgd_rows(n, acc):
+        return [{'epoch': e, 'train_acc': 50.0, 'test_acc': acc(e), 'seconds': 6.0}
+                for e in range(1, n + 1)]
+    basis = {'kind': 'dldr', 'n_components': 40, 'snapshots': [0, 81], 'seconds': 30.0}
+    for s, shift in ((1, 0.0), (2, 1.0)):
+        acc = {80: 85.0 + shift, 150: 91.0 + shift}
+        write_run(tmp_path / f'sgd_s{s}/metrics_sgd.json', 'sgd', 91.0 + shift, args={'epochs': 150},
+                  epochs=sgd_rows(150, lambda e: acc.get(e, 10.0)))
+        write_run(tmp_path / f'sgd_s{s}/metrics_pbfgs_d40_0-81.json', 'pbfgs', 91.5 + shift,
+                  args={'batch_size': 1024}, basis=basis,
+                  epochs=[{'epoch': e, 'test_acc': 90.0} for e in range(1, 21)])
+    lines = tables.gpu_headline_table(str(tmp_path))
+    assert lines[2] == ('| SGD to epoch 80 (lr 0.1 still constant: snapshots 0..80) | 80 | '
+                        '85.50 ± 0.71 (2) | - | 8.0 |')
+    # P-BFGS: 120 s of training + 30 s of basis
+    assert lines[3] == ('| DLDR P-BFGS, 40-D, batch 1024, from snapshots 0..80 | 20 | '
+                        '92.00 ± 0.71 (2) | 91.72 | 2.5 |')
+    assert lines[4].startswith('| SGD to epoch 150 (continued from epoch 80') and \
+        lines[4].endswith('| 150 | 91.50 ± 0.71 (2) | 91.55 | 7.0 |')
+    # before the continuation: SGD has run 80 epochs of --epochs 80, no P-BFGS yet
+    for s in (1, 2):
+        write_run(tmp_path / f'sgd_s{s}/metrics_sgd.json', 'sgd', 85.0, args={'epochs': 80},
+                  epochs=sgd_rows(80, lambda e: 85.0))
+        (tmp_path / f'sgd_s{s}/metrics_pbfgs_d40_0-81.json').unlink()
+    lines = tables.gpu_headline_table(str(tmp_path))
+    assert '| 80 | 85.00 ± 0.00 (2) | - | 8.0 |' in lines[2]
+    assert '| - | - | 91.72 | - |' in lines[3] and '| - | - | 91.55 | - |' in lines[4]
 
 
 def test_pbfgs_batch_table_weights_epochs_by_their_steps(tmp_path):

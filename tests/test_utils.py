@@ -17,31 +17,86 @@ import utils
 
 # ----------------------------------------------------------------------------- label noise
 
-@pytest.mark.parametrize('num_classes,fraction', [(10, 0.2), (100, 0.5), (10, 1.0), (10, 0.0)])
-def test_corrupt_labels_count_changed_range(num_classes, fraction):
-    labels = torch.randint(num_classes, (5001,), generator=torch.Generator().manual_seed(3))
-    new, idx = utils.corrupt_labels(labels, fraction, num_classes, seed=7)
-    expected = int(round(fraction * len(labels)))
+def reference_count(n, fraction):
+    """The reference's count of redrawn labels, ``int(len(trainset) * args.corrupt)``, in numpy."""
+    return int(np.floor(np.float64(n) * np.float64(fraction)))
+
+
+@pytest.mark.parametrize('model', utils.NOISE_MODELS)
+@pytest.mark.parametrize('num_classes,fraction', [(10, 0.2), (100, 0.5), (10, 1.0), (10, 0.0), (10, 0.29)])
+def test_corrupt_labels_count_indices_and_range(num_classes, fraction, model):
+    n = 5001 if fraction != 0.29 else 100  # 100 * 0.29 = 28.999999999999996: int gives 28, round 29
+    labels = torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(3))
+    new, idx = utils.corrupt_labels(labels, fraction, num_classes, seed=7, model=model)
+    expected = reference_count(n, fraction)
     assert len(idx) == expected == len(set(idx.tolist()))
-    changed = torch.nonzero(new != labels).flatten()
-    assert torch.equal(changed, idx)              # exactly the recorded indices, every one changed
+    assert idx.tolist() == sorted(idx.tolist()) and (len(idx) == 0 or 0 <= idx[0] <= idx[-1] < n)
+    untouched = np.setdiff1d(np.arange(n), idx.numpy())
+    np.testing.assert_array_equal(new.numpy()[untouched], labels.numpy()[untouched])
     assert new.min() >= 0 and new.max() < num_classes
-    if num_classes == 100 and expected:
-        # drawn among all 100 classes, not 10 (the reference's bug)
-        assert len(torch.unique(new[idx])) > 50
-        # uniform over the 99 other classes: the offset (new - old) mod K is ~uniform on 1..99
-        offsets = ((new[idx] - labels[idx]) % num_classes).numpy()
-        counts = np.bincount(offsets, minlength=num_classes)[1:]
-        assert counts.min() > 0 and counts.max() < 3 * expected / 99
+    kept = (new[idx] == labels[idx]).numpy()
+    if model == 'wrong':
+        assert not kept.any()  # every redrawn label is another class
+    elif expected >= 1000:
+        # the reference's model: about 1/K of the redrawn labels keep their class
+        k = expected / num_classes
+        assert abs(kept.sum() - k) < 5 * np.sqrt(k * (1 - 1 / num_classes))
+
+
+@pytest.mark.parametrize('model', utils.NOISE_MODELS)
+def test_corrupt_labels_are_uniform_over_all_classes_of_cifar100(model):
+    """CIFAR-100 draws among its 100 classes (the reference draws among the first 10: a bug we do
+    not copy): the new labels (uniform) or their offsets from the true ones (wrong: 1..99) are
+    uniform, by a chi-square statistic computed in numpy."""
+    k, n = 100, 50_000
+    labels = torch.arange(n) % k
+    new, idx = utils.corrupt_labels(labels, 0.5, k, seed=11, model=model)
+    if model == 'uniform':
+        counts = np.bincount(new[idx].numpy(), minlength=k)
+    else:
+        counts = np.bincount(((new[idx] - labels[idx]) % k).numpy(), minlength=k)
+        assert counts[0] == 0
+        counts = counts[1:]
+    expected = len(idx) / len(counts)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    dof = len(counts) - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * dof)  # about 5 standard deviations of the chi-square
+    assert (counts[10:] > 0).all() if model == 'uniform' else True
+
+
+def test_wrong_label_fraction_matches_the_reference_procedure_in_numpy():
+    """The realised share of wrong labels of --corrupt 0.2 (uniform model) on 50,000 CIFAR-10
+    labels against the reference's own procedure run in numpy (labels[i] = np.random.choice(10)
+    for i < int(0.2 N)): both near c (1 - 1/K) = 0.18, as two independent samples."""
+    n, c, k = 50_000, 0.2, 10
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, k, n)
+    reference = clean.copy()
+    for i in range(int(n * c)):
+        reference[i] = rng.choice(k)
+    reference_fraction = (reference != clean).mean()
+    args = SimpleNamespace(corrupt=c, noise_model='uniform', randomseed=1)
+    new, idx = utils.corrupt_labels(torch.from_numpy(clean), c, k, seed=5)
+    ours = (new.numpy() != clean).mean()
+    sd = np.sqrt(n * c * (1 / k) * (1 - 1 / k)) / n  # of the wrong share, given int(cN) redrawn
+    assert abs(ours - c * (1 - 1 / k)) < 5 * sd and abs(reference_fraction - c * (1 - 1 / k)) < 5 * sd
+    assert abs(ours - reference_fraction) < 7 * sd
+    data = SimpleNamespace(corrupted=idx, wrong_label_fraction=float(ours))
+    assert utils.noise_record(data, args) == {'n_corrupted': 10_000, 'noise_model': 'uniform',
+                                              'wrong_label_fraction': float(ours)}
 
 
 def test_corrupt_labels_deterministic_and_seed_dependent():
     labels = torch.arange(1000) % 10
-    a = utils.corrupt_labels(labels, 0.3, 10, seed=1)
-    b = utils.corrupt_labels(labels, 0.3, 10, seed=1)
-    c = utils.corrupt_labels(labels, 0.3, 10, seed=2)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    assert not torch.equal(a[1], c[1])
+    for model in utils.NOISE_MODELS:
+        a = utils.corrupt_labels(labels, 0.3, 10, seed=1, model=model)
+        b = utils.corrupt_labels(labels, 0.3, 10, seed=1, model=model)
+        c = utils.corrupt_labels(labels, 0.3, 10, seed=2, model=model)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert not torch.equal(a[1], c[1])
+    # the two models pick the same indices from the same seed; only the new labels differ
+    uniform, wrong = (utils.corrupt_labels(labels, 0.3, 10, seed=1, model=m) for m in utils.NOISE_MODELS)
+    assert torch.equal(uniform[1], wrong[1]) and not torch.equal(uniform[0], wrong[0])
 
 
 def test_corrupt_fraction_outside_unit_interval_is_refused_by_the_flag():
@@ -51,19 +106,30 @@ def test_corrupt_fraction_outside_unit_interval_is_refused_by_the_flag():
 
 
 def _args(**kw):
-    base = dict(datasets='synthetic', data_dir='unused', smalldatasets=None, corrupt=0.0, randomseed=1)
+    base = dict(datasets='synthetic', data_dir='unused', smalldatasets=None, corrupt=0.0, randomseed=1,
+                noise_model='uniform')
     base.update(kw)
     return SimpleNamespace(**base)
 
 
-def test_load_data_noise_leaves_test_set_and_is_shared_across_runs():
+@pytest.mark.parametrize('model', utils.NOISE_MODELS)
+def test_load_data_noise_leaves_test_set_and_is_shared_across_runs(model):
     clean = utils.load_data(_args())
-    noisy = utils.load_data(_args(corrupt=0.2))
-    again = utils.load_data(_args(corrupt=0.2))
+    noisy = utils.load_data(_args(corrupt=0.2, noise_model=model))
+    again = utils.load_data(_args(corrupt=0.2, noise_model=model))
     assert torch.equal(noisy.test_y, clean.test_y) and torch.equal(noisy.test_x, clean.test_x)
     assert torch.equal(noisy.train_x, clean.train_x)
-    assert (noisy.train_y != clean.train_y).sum() == round(0.2 * len(clean.train_y))
+    n = len(clean.train_y)
+    wrong = (noisy.train_y != clean.train_y).numpy()
+    assert len(noisy.corrupted) == reference_count(n, 0.2)
+    assert set(np.flatnonzero(wrong)) <= set(noisy.corrupted.tolist())
+    assert noisy.wrong_label_fraction == wrong.mean()
+    if model == 'wrong':
+        assert wrong.sum() == reference_count(n, 0.2)
+    else:
+        assert 0 < reference_count(n, 0.2) - wrong.sum() < 0.25 * reference_count(n, 0.2)
     assert torch.equal(noisy.train_y, again.train_y)  # same seed: same labels in every script
+    assert clean.corrupted is None and clean.wrong_label_fraction == 0.0
 
 
 # ----------------------------------------------------------------------------- subsets
