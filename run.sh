@@ -296,7 +296,7 @@ budget() {
     local dir common e m k every d pb ps pm tw ie iev seeds=${SEEDS:-1 2 3}
     if [ "${SIZE:-full}" = ci ]; then
         dir=${OUT:-runs/budget_ci} common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
-        e=6 m=4 k=3 every=4 d=6 pb=1 ps=2 pm=1 tw=1 ie=2 iev=3
+        seeds=${SEEDS:-1 2} e=6 m=4 k=3 every=4 d=6 pb=1 ps=2 pm=1 tw=1 ie=2 iev=3
     else
         dir=${OUT:-runs/budget} common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100 --compile"
         e=20 m=13 k=11 every=64 d=40 pb=3 ps=5 pm=4 tw=2 ie=4 iev=40

@@ -230,6 +230,9 @@ def improve_table(folder):
         lines.append(f'| {name} | {_pm([tl.seconds / 60 for tl, _, _ in rows], ".1f")} | '
                      f'{_pm([tl.final for tl, _, _ in rows])} | {_pm(gain, signed=True)}{within} | '
                      f'{_pm(over_end, signed=True) if over_end and "endpoint" not in name else ""} | {len(rows)} |')
+    return lines
+
+
 # The paper's headline row (ResNet20 / CIFAR-10): 40-D P-BFGS from snapshots 0..80 (20 epochs,
 # batch 1024) and SGD for 150 epochs, final test accuracy (%).
 PAPER_HEADLINE = {'pbfgs': 91.72, 'sgd_full': 91.55}

@@ -325,6 +325,8 @@ MATRIX = {
                    ('boundary', ALL, ['--randomseed', '0'], OK)],
     'corrupt': [('junk', ALL, ['--corrupt', '1.5'], err('--corrupt', '[0, 1]')),
                 ('boundary', ALL, ['--corrupt', '1'], OK)],
+    'noise_model': [('junk', ALL, ['--noise-model', 'symmetric'], err('--noise-model', 'invalid choice')),
+                    ('boundary', ALL, ['--noise-model', 'wrong'], OK)],
     'smalldatasets': [('junk', ALL, ['--smalldatasets', '0'], err('--smalldatasets', '(0, 1]')),
                       ('boundary', ALL, ['--smalldatasets', '1'], OK)],
     'device': [('junk', ALL, ['--device', 'gpu0'], err('--device', 'gpu0')),
