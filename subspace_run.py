@@ -281,7 +281,8 @@ class SubspaceRun:
             engine.update_bn(self.model, self.bn_loader, args.bn_update, self.context, args.amp)
             reestimated = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
             with torch.no_grad():
-                torch._foreach_copy_(list(self.model.buffers()), kept)
+                for buffer, saved in zip(self.model.buffers(), kept):
+                    buffer.copy_(saved)
         return running, reestimated, time.time() - t0
 
     def finish(self, start):
