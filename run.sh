@@ -42,7 +42,8 @@
 #                            (SIZE=ci: synthetic data, timm's test_vit, a minute)
 #   DATA=/path/to/cifar bash run.sh gpu-check
 #                            the first command on a machine with a GPU: the CUDA tests, bench on
-#                            CUDA, a short ResNet20 sequence with AMP and channels_last, torchrun
+#                            CUDA (and its section 9: torch.compile, CUDA graphs, channels_last
+#                            vs eager; a few minutes of compiling), a short ResNet20 sequence with AMP and channels_last, torchrun
 #                            with nccl; under 8 minutes on one GPU (not part of CI)
 #   DATA=/path/to/cifar bash run.sh gpu-headline
 #                            the paper's headline row on one GPU: ResNet20 SGD to epoch 80 (the
@@ -353,6 +354,8 @@ gpu_check() {
     python -m pytest -q -k cuda -p no:cacheprovider
     echo "== 2. bench on CUDA (bf16, channels_last)"
     python bench.py --device cuda --amp bf16 --channels-last --quick
+    echo "== 2b. bench 9 on CUDA: torch.compile (default and reduce-overhead = CUDA graphs) and channels_last vs eager, float32"
+    python bench.py --device cuda --only 9 --quick
     echo "== 3. ResNet20 on CIFAR-10 ($data): SGD 5 epochs -> P-SGD / P-BFGS in 5 D, AMP bf16, channels_last"
     local common="--datasets CIFAR10 --data-dir $data --arch resnet20 --amp bf16 --channels-last -p 0 --save-dir $dir"
     $py train_sgd.py $common --lr 0.1 --epochs 5 |& tee "$dir.log"

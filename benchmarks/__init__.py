@@ -28,12 +28,19 @@ One module per comparison, run in this order:
    1 and 2 gloo ranks: P bytes per rank / formula and P-SGD bytes per step / formula   <= 1.0
    (counted by wrapping dldr.Comm), and the P-SGD step time of each option / float32 P (printed,
    not rated; on CUDA also P on the CPU); the memory table of P at model scale
+9. ``s9_compile`` (only with ``--only 9``: its cold compiles take minutes): torch.compile
+   (utils.compile_model) and channels_last vs eager, contiguous, for the SGD step, the P-SGD step,
+   the P-BFGS step (line search included) and an epoch with evaluation; on CUDA also
+   mode="reduce-overhead" (CUDA graphs).  Every variant / eager                        <= 1.0
+   and torch.compile(dldr.project_grads_) / eager                                       <= 1.0;
+   the compile warm-up and the break-even steps (and CIFAR-10 epochs) are printed
 
 Timing (``common``): warm-up first; torch.cuda.synchronize() around timed regions on CUDA only;
 the compared variants are interleaved A B | B A | A B ... so drift and other tenants hit all of
 them; a ratio is the median over rounds of the per-round ratio.
 
     python bench.py                       # default run (~8 min on a quiet 2-core CPU)
+    python bench.py --only 9 --arch resnet8   # torch.compile / channels_last (section 9)
     python bench.py --quick               # smoke run (a few minutes on CPU; ratios too noisy to report)
     python bench.py --device cuda --amp bf16 --channels-last
     python -m benchmarks ...              # the same

@@ -1,4 +1,4 @@
-"""The command line of the benchmarks: flags, the common set-up, the comparisons in order 1..8,
+"""The command line of the benchmarks: flags, the common set-up, the comparisons in order 1..9,
 the table.  ``python bench.py ...`` and ``python -m benchmarks ...`` both end in :func:`run`."""
 import argparse
 import gc
@@ -17,13 +17,17 @@ import torch
 import benchmarks
 import models
 from benchmarks import (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed,
-                        s7_imagefolder, s8_basis_storage)
+                        s7_imagefolder, s8_basis_storage, s9_compile)
 from benchmarks.common import Report, build_model, device_description, load_images, write_trajectory
 from distributed import pick_device, run_cli
 
 SECTIONS = (s1_psgd_step, s2_pbfgs_step, s3_epoch, s4_basis, s5_eval, s6_distributed, s7_imagefolder,
-            s8_basis_storage)
+            s8_basis_storage, s9_compile)
 """The comparisons; --only N runs SECTIONS[N - 1]."""
+
+DEFAULT_SECTIONS = tuple(range(1, len(SECTIONS)))
+"""The comparisons a run without --only makes: all but 9 (torch.compile), whose cold compiles
+would more than double the default run; ``--only 9`` runs it."""
 
 NEED_TRAJECTORY = frozenset({2, 4})
 """The comparisons that read the short real trajectory (P-BFGS's basis, the basis extraction)."""
@@ -69,8 +73,9 @@ def parse_args(argv=None):
     a('--amp', default='off', choices=('off', 'bf16', 'fp16'), help='autocast for ratios 1-3')
     a('--channels-last', action='store_true', help='channels_last model and batches')
     a('--quick', action='store_true', help='small smoke run (ratios too noisy to report)')
-    a('--only', default=','.join(str(i) for i in range(1, len(SECTIONS) + 1)),
-      help='comma list of the comparisons to run')
+    a('--only', default=','.join(str(i) for i in DEFAULT_SECTIONS),
+      help='comma list of the comparisons to run (9, torch.compile, only when named: its cold '
+           'compiles take minutes)')
     a('--json', default=None, metavar='PATH', help='also write the results as JSON')
     a('--profile', default='', help='comma list of comparisons (1-3) to profile after timing them')
     a('--profile-rows', type=int, default=15, help='rows of each profile table')
