@@ -28,6 +28,14 @@ def aot_eager(monkeypatch):
     torch._dynamo.reset()
 
 
+def small_net():
+    """A seeded conv net with BatchNorm: compiles in seconds."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3))
+
+
 def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
@@ -68,17 +76,11 @@ def test_compiled_pbfgs_step_matches_eager():
     import dldr
     torch._dynamo.reset()
 
-    def net():
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
-                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                   torch.nn.Linear(4, 3))
-
     x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 3, (16,))
-    n = sum(p.numel() for p in net().parameters())
+    n = sum(p.numel() for p in small_net().parameters())
     P = torch.linalg.qr(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)))[0].T.contiguous()
     states = []
-    for model in (net(), utils.compile_model(net(), backend='aot_eager')):
+    for model in (small_net(), utils.compile_model(small_net(), backend='aot_eager')):
         opt = dldr.PBFGS(dldr.trainable_params(model), P, buffers=list(model.buffers()))
 
         def closure():
@@ -120,14 +122,8 @@ def test_inductor_matches_eager_in_train_and_eval_mode():
     the state_dict keys are the eager ones."""
     torch._dynamo.reset()
 
-    def net():
-        torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
-                                   torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                   torch.nn.Linear(4, 3))
-
     x, y = torch.randn(8, 3, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    eager, compiled = net(), utils.compile_model(net())
+    eager, compiled = small_net(), utils.compile_model(small_net())
     assert utils.is_compiled(compiled) and not utils.is_compiled(eager)
     assert list(compiled.state_dict()) == list(eager.state_dict())
     for model in (eager, compiled):
