@@ -174,7 +174,9 @@ def update_bn(model, loader, batches, context, amp='off'):
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    with autocast(context.device, amp):
+    # eager even under --compile: a cumulative average (momentum None) makes BatchNorm read its
+    # batch count as a Python number, a graph break and a recompilation for a few forwards
+    with autocast(context.device, amp), torch.compiler.set_stance('force_eager'):
         for i, (x, _) in enumerate(loader):
             if i == batches:
                 break
