@@ -129,9 +129,11 @@ def improve_pipelines(folder):
         out.setdefault(f'SGD continued {k} epochs (the span\'s endpoint)', sampled)
         timeline = sampled.then(_rows(run))
         out[name] = timeline
+        # the first epoch of the continuation that took at least the pipeline's time (its span's
+        # snapshots included): SGD given the same time, to an epoch's precision
         same = next((r for r in rows if r['elapsed'] >= timeline.seconds), None)
         if same is not None:
-            out[f'SGD continued as long as {name}'] = start.then(
+            out[f'SGD continued at least as long as {name}'] = start.then(
                 [r for r in rows if r['epoch'] <= same['epoch']], sgd=True)
     trained = _load(os.path.join(folder, 'metrics_sgd.json'))
     return out, trained['final_test_acc'] if trained else None
