@@ -2,6 +2,7 @@
 trajectory is recorded in phase 1, then the subspace phase lowers the loss (over the whole training
 set) and every update after the switch lies in span(P) to 1e-6.  Skipped where the optional
 packages of requirements-integrations.txt are missing (CI installs them)."""
+import contextlib
 import os
 import sys
 
@@ -29,6 +30,24 @@ class Weights:
     def record(self):
         if self.phases.in_subspace:
             self.after.append(dldr.flat_params(self.phases.params))
+
+
+@contextlib.contextmanager
+def recording(module, name, holder):
+    """Within the block, ``module.<name>`` (an example's callback class) builds callbacks whose
+    phases a :class:`Weights` in ``holder['weights']`` follows."""
+    original = getattr(module, name)
+
+    def make(*args, **kwargs):
+        cb = original(*args, **kwargs)
+        holder['weights'] = Weights(cb.phases)
+        return cb
+
+    setattr(module, name, make)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def check_subspace_phase(phases, weights, full_loss, switch_step, steps, d):
@@ -68,18 +87,8 @@ def test_transformers_trainer_callback():
         def on_step_end(self, args, state, control, **kwargs):
             holder['weights'].record()
 
-    original = hf_trainer.DLDRTrainerCallback
-
-    def make(*args, **kwargs):
-        cb = original(*args, **kwargs)
-        holder['weights'] = Weights(cb.phases)
-        return cb
-
-    hf_trainer.DLDRTrainerCallback = make
-    try:
+    with recording(hf_trainer, 'DLDRTrainerCallback', holder):
         callback, losses = hf_trainer.main(extra_callbacks=[Probe()])
-    finally:
-        hf_trainer.DLDRTrainerCallback = original
     model, data = holder['model'], hf_trainer.Tokens()
 
     @torch.no_grad()
@@ -106,18 +115,8 @@ def test_lightning_callback():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             holder['weights'].record()
 
-    original = lightning_module.DLDRLightningCallback
-
-    def make(*args, **kwargs):
-        cb = original(*args, **kwargs)
-        holder['weights'] = Weights(cb.phases)
-        return cb
-
-    lightning_module.DLDRLightningCallback = make
-    try:
+    with recording(lightning_module, 'DLDRLightningCallback', holder):
         callback, losses = lightning_module.main(extra_callbacks=[Probe()])
-    finally:
-        lightning_module.DLDRLightningCallback = original
     torch.manual_seed(0)
     x = torch.randn(512, 20)
     y = (x[:, :4] * torch.arange(1, 5)).argmax(1)
