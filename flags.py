@@ -6,13 +6,17 @@ parser from :func:`common_parser` plus its own group — :func:`add_sgd_args` (t
 :func:`add_subspace_args` (train_psgd.py, train_pbfgs.py) — so its ``--help`` lists only the
 flags it uses; a flag that a script accepts only so that the reference's command lines still run
 is added by :func:`add_ignored` and says so in ``--help``.  Then :func:`finish_sgd_args` or
-:func:`finish_subspace_args` make the checks no single ``type=`` can.
+:func:`finish_subspace_args` make the checks no single ``type=`` can and fill the defaults that
+depend on other flags, and :func:`freeze` turns the result into the run's settings: a frozen,
+typed dataclass that nothing changes afterwards.
 """
 import argparse
+import dataclasses
 import math
 import os
 import sys
 import time
+import typing
 
 import dldr
 import distributed
@@ -30,42 +34,42 @@ ADAM_LR = 0.001
 """The learning rate of ``--optimizer adam`` (the reference's, whatever --lr says)."""
 
 
-def positive_int(text):
+def positive_int(text) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
     return value
 
 
-def nonnegative_int(text):
+def nonnegative_int(text) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
     return value
 
 
-def _finite(text):
+def _finite(text) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f'must be a finite number, got {text}')
     return value
 
 
-def positive_float(text):
+def positive_float(text) -> float:
     value = _finite(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f'must be > 0, got {text}')
     return value
 
 
-def nonnegative_float(text):
+def nonnegative_float(text) -> float:
     value = _finite(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
     return value
 
 
-def momentum(text):
+def momentum(text) -> float:
     """A momentum coefficient: [0, 1) (1 would never forget a gradient)."""
     value = _finite(text)
     if not 0.0 <= value < 1.0:
@@ -73,7 +77,7 @@ def momentum(text):
     return value
 
 
-def seed(text):
+def seed(text) -> int:
     """A seed every generator of the run accepts (numpy's: [0, 2**32))."""
     value = int(text)
     if not 0 <= value < 2**32:
@@ -81,18 +85,51 @@ def seed(text):
     return value
 
 
-def unit_interval(text):
+def unit_interval(text) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f'must lie in [0, 1], got {text}')
     return value
 
 
-def fraction(text):
+def fraction(text) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {text}')
     return value
+
+
+def _field_type(action, value):
+    """The type of a flag's setting: bool for switches, a tuple for lists, the return type of
+    its ``type=`` parser, else the type of its value; Optional where it may be None."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return bool
+    if action.nargs in ('*', '+'):
+        return tuple | None
+    base = typing.get_type_hints(action.type).get('return') if callable(action.type) else None
+    base = base or (type(value) if value is not None else str)
+    return base | None if action.default is None or value is None else base
+
+
+def freeze(parser, args):
+    """The run's settings: an instance of a frozen dataclass with one typed field per flag of
+    ``parser`` (named by its ``dest``), built once from the parsed and finished ``args``; lists
+    become tuples.  Nothing changes it afterwards, so the metrics JSON (:func:`as_dict`) records
+    exactly what ran."""
+    values = vars(args)
+    dests = list(dict.fromkeys(a.dest for a in parser._actions if a.dest != 'help'))
+    actions = {a.dest: a for a in parser._actions}
+    cls = dataclasses.make_dataclass(
+        'Config', [(d, _field_type(actions[d], values[d])) for d in dests], frozen=True)
+    cls.__doc__ = f'The settings of {parser.prog}, frozen after parsing (flags.freeze).'
+    return cls(**{d: tuple(values[d]) if isinstance(values[d], list) else values[d] for d in dests})
+
+
+def as_dict(config):
+    """The settings as a plain dict (tuples as lists), as the metrics JSON and checkpoints keep
+    them; an ``argparse.Namespace`` works too."""
+    items = (dataclasses.asdict(config) if dataclasses.is_dataclass(config) else vars(config)).items()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in items if not callable(v)}
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,5 +1,5 @@
 """The one reader of the metrics files the training scripts write (``metrics_<tag>.json``,
-written by :class:`engine.RunRecord`): plot.py, sweep.py, run.sh's demo table and the tests read
+written by :class:`run.RunRecord`): plot.py, sweep.py, run.sh's demo table and the tests read
 runs through here.
 
     python metrics.py table runs/demo     # the table of every run in a folder (run.sh demo)

@@ -1,5 +1,6 @@
 """The subspace runs (train_psgd.py, train_pbfgs.py): the table of subspace kinds, the basis of a
-trajectory, the run's set-up, its evaluation, its end, and ``--evaluate`` of a finished run.
+trajectory, and :class:`SubspaceRun` (set-up, evaluation with both BatchNorm measurements, end,
+``--evaluate`` of a finished run).
 
 Everything that differs between the kinds of ``--subspace`` is one row of :data:`KINDS`: how the
 basis is built, the default and the largest d, where training starts by default, whether a seed
@@ -19,7 +20,7 @@ import distributed
 import engine
 import seeds
 import utils
-from distributed import Context
+from run import Evaluation, Run, RunRecord, score_row
 from utils import UserError
 
 
@@ -243,23 +244,80 @@ def build_subspace(args, model, context):
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class SubspaceRun:
-    """What a subspace script trains with: set up by :func:`prepare`."""
-    args: object  # the parsed flags
-    context: Context
-    data: object  # utils.Dataset or utils.FolderData
-    model: torch.nn.Module
-    subspace: dldr.Subspace | None
-    record: engine.RunRecord | None
-    train_loader: object
-    test_loader: object
-    bn_loader: object  # the training data in an order of its own (None without --bn-update)
-    model_path: str
-    metrics_path: str
+class SubspaceRun(Run):
+    """train_psgd.py's and train_pbfgs.py's run: besides :class:`run.Run`'s, the subspace, the
+    loader BatchNorm re-estimation reads (None without --bn-update) and the number of batches
+    it reads, and the final model's path."""
+    subspace: dldr.Subspace | None = None
+    bn_loader: object = None
+    bn_batches: int = 0
+    model_path: str = ''
+    basis: dict | None = None  # the 'basis' entry of the record
 
     @property
     def loaders(self):
         return self.train_loader, self.test_loader, self.bn_loader
+
+    @classmethod
+    def start_run(cls, config, method):
+        """Checks, device and process group, data, model, basis, the model at
+        ``--train-start``, loaders, record and tracker."""
+        run = cls._set_up(config, method)
+        context, model = run.context, run.model
+        run.subspace, run.basis = build_subspace(config, model, context)
+        if context.rank:  # dropout masks of its own (all ranks were seeded alike for the same init)
+            torch.manual_seed(seeds.seed('rank_dropout', config.randomseed, rank=context.rank))
+        if config.train_start == 'mean':  # the averaged weights get their own BN statistics, as in TWA
+            loader = run.train_loader.with_generator(seeds.generator('bn_mean_start', config.randomseed))
+            engine.update_bn(model, loader, len(loader), context, config.amp)
+        run.record = RunRecord(
+            os.path.join(config.save_dir, f'metrics_{subspace_tag(method, config)}.json'), config,
+            context, method=method, basis=run.basis,
+            n_parameters=sum(p.numel() for p in model.parameters()), n_train=len(run.data.train_y),
+            **utils.noise_record(run.data, config), bn_update_batches=run.bn_batches)
+        run.record.watch(model)
+        run.open_tracker(subspace_tag(method, config))
+        run.tracker.log_basis(run.basis)
+        return run
+
+    @classmethod
+    def _set_up(cls, config, method):
+        """Device and process group, save-dir, data, model, loaders (no basis, no record)."""
+        context = distributed.setup(config)
+        tag = subspace_tag(method, config)
+        model_path = os.path.join(config.save_dir, f'{tag}.pt')
+        metrics_path = os.path.join(config.save_dir, f'metrics_{tag}.json')
+        # what the run reads is there before --save-dir is made: a refused run leaves no empty folder
+        if config.evaluate:
+            if not os.path.isfile(model_path):
+                raise UserError(f'missing {model_path}: -e evaluates the final model of a finished '
+                                f'run with these flags')
+        else:
+            folder = config.pretrain_dir or config.save_dir
+            utils.check_trajectory_files(folder, config.params_start, config.params_end, config.params_step)
+            start = (utils.snapshot_path(folder, config.train_start) if config.train_start != 'mean'
+                     else None)
+            if start and not os.path.isfile(start):  # (read after the basis: checked now)
+                raise UserError(f'missing snapshot {start}: --train-start {config.train_start} '
+                                f'starts training there')
+        utils.prepare_save_dir(config.save_dir)
+        if not config.evaluate:
+            utils.refuse_overwrite([model_path, metrics_path], config)
+        data = utils.load_data(config)
+        model = utils.build_model(config, data, context.device)
+        generator = seeds.generator('data', config.randomseed)
+        train_loader, test_loader = utils.make_loaders(data, config, context, generator)
+        bn_batches = min(config.bn_update, len(train_loader))
+        if bn_batches < config.bn_update:  # the JSON and -e then say how many were used
+            n = len(train_loader)
+            context.print(f'--bn-update {config.bn_update}: an epoch has {n} training batch'
+                          f'{"es" * (n > 1)}; BatchNorm statistics are re-estimated on '
+                          f'{"all " * (n > 1)}{n}')
+        # BatchNorm re-estimation reads the training data in its own order (the training order is
+        # untouched), through the training loader's data: no second copy, no second worker pool
+        bn_loader = train_loader.with_generator(torch.Generator()) if bn_batches else None
+        return cls(config, context, method, data, model, train_loader, test_loader,
+                   bn_loader=bn_loader, bn_batches=bn_batches, model_path=model_path)
 
     def evaluate(self, epoch):
         """Both BatchNorm measurements of the test set, each rank evaluating its shard:
@@ -270,103 +328,50 @@ class SubspaceRun:
            batches, ``test_acc_bn``; the running statistics are then put back, so training and
            the saved model carry the reference's statistics, whatever is measured.
 
-        Returns (running :class:`engine.Scores`, re-estimated Scores or None, seconds)."""
-        args, t0 = self.args, time.time()
+        Returns an :class:`run.Evaluation`."""
+        config, t0 = self.config, time.time()
         engine.average_buffers_(self.model, self.context.comm)
-        running = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
+        running = engine.evaluate(self.model, self.test_loader, self.context, config.amp)
         reestimated = None
-        if args.bn_update:
+        if self.bn_batches:
             kept = [b.clone() for b in self.model.buffers()]
-            self.bn_loader.generator.manual_seed(seeds.seed('bn_order', args.randomseed, epoch=epoch))
-            engine.update_bn(self.model, self.bn_loader, args.bn_update, self.context, args.amp)
-            reestimated = engine.evaluate(self.model, self.test_loader, self.context, args.amp)
+            self.bn_loader.generator.manual_seed(seeds.seed('bn_order', config.randomseed, epoch=epoch))
+            engine.update_bn(self.model, self.bn_loader, self.bn_batches, self.context, config.amp)
+            reestimated = engine.evaluate(self.model, self.test_loader, self.context, config.amp)
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), kept):
                     buffer.copy_(saved)
-        return running, reestimated, time.time() - t0
+        return Evaluation(running, reestimated, time.time() - t0)
 
-    def finish(self, start):
+    def record_start(self):
+        """``--epochs 0``: the starting point's test scores as row 0 (e.g. --train-start mean:
+        SWA)."""
+        ev = self.evaluate(0)
+        self.context.print(f'epoch 0 (the start, not trained): test loss {ev.test.loss:.4f} acc '
+                           f'{ev.test.acc:.2f}%')
+        self.tracker.log_epoch(self.record.add_epoch({
+            'epoch': 0, **score_row(None, ev.test, ev.test_bn), 'seconds': ev.seconds,
+            'eval_seconds': ev.seconds}))
+
+    def finish(self):
         """Save the final model (rank 0) and metrics and print where they are."""
         if self.context.is_main:
             utils.save_tensors(self.model.state_dict(), self.model_path)
-        self.record.finish(time.time() - start)
+        super().finish()
         self.context.barrier()
-        data = self.record.data
-        bn = (f'; BN re-estimated: final {data["final_test_acc_bn"]}  best {data["best_test_acc_bn"]}'
-              if data.get('final_test_acc_bn') is not None else '')
-        self.context.print(f'final test acc {data["final_test_acc"]}  best {data["best_test_acc"]}'
-                           f'{bn}  ({time.time() - start:.0f}s)')
-        self.context.print(f'model: {self.model_path}; metrics: {self.metrics_path}')
+        self.context.print(f'model: {self.model_path}; metrics: {self.record.path}')
 
-
-def _set_up(args, method):
-    """Device and process group, save-dir, data, model, loaders (no basis, no record)."""
-    context = distributed.setup(args)
-    tag = subspace_tag(method, args)
-    model_path = os.path.join(args.save_dir, f'{tag}.pt')
-    metrics_path = os.path.join(args.save_dir, f'metrics_{tag}.json')
-    # what the run reads is there before --save-dir is made: a refused run leaves no empty folder
-    if args.evaluate:
-        if not os.path.isfile(model_path):
-            raise UserError(f'missing {model_path}: -e evaluates the final model of a finished '
-                            f'run with these flags')
-    else:
-        folder = args.pretrain_dir or args.save_dir
-        utils.check_trajectory_files(folder, args.params_start, args.params_end, args.params_step)
-        start = utils.snapshot_path(folder, args.train_start) if args.train_start != 'mean' else None
-        if start and not os.path.isfile(start):  # (read after the basis: checked now)
-            raise UserError(f'missing snapshot {start}: --train-start {args.train_start} starts '
-                            f'training there')
-    utils.prepare_save_dir(args.save_dir)
-    if not args.evaluate:
-        utils.refuse_overwrite([model_path, metrics_path], args)
-    data = utils.load_data(args)
-    model = utils.build_model(args, data, context.device)
-    generator = seeds.generator('data', args.randomseed)
-    train_loader, test_loader = utils.make_loaders(data, args, context, generator)
-    if args.bn_update > len(train_loader):  # the JSON and -e then say how many were used
-        n = len(train_loader)
-        context.print(f'--bn-update {args.bn_update}: an epoch has {n} training batch'
-                      f'{"es" * (n > 1)}; BatchNorm statistics are re-estimated on {"all " * (n > 1)}{n}')
-        args.bn_update = len(train_loader)
-    # BatchNorm re-estimation reads the training data in its own order (the training order is
-    # untouched), through the training loader's data: no second copy, no second worker pool
-    bn_loader = train_loader.with_generator(torch.Generator()) if args.bn_update else None
-    return SubspaceRun(args, context, data, model, None, None, train_loader, test_loader,
-                       bn_loader, model_path, metrics_path)
-
-
-def evaluate_saved(args, method):
-    """``--evaluate``: the run's saved final model (not rewritten), with its running BatchNorm
-    statistics and, with ``--bn-update``, re-estimated as after the last epoch."""
-    run = _set_up(args, method)
-    utils.load_snapshot(run.model_path, run.model)
-    scores, reestimated, _ = run.evaluate(args.epochs - 1)
-    run.context.print(f'{run.model_path}: test loss {scores[0]:.4f} acc {scores[1]:.2f}%'
-                      + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
-                      + ' (BatchNorm running statistics)')
-    if reestimated is not None:
-        run.context.print(f'{run.model_path}: test loss {reestimated[0]:.4f} acc '
-                          f'{reestimated[1]:.2f}%'
-                          + (f' top5 {reestimated.acc5:.2f}%' if reestimated.acc5 is not None else '')
-                          + f' (BatchNorm statistics re-estimated on {args.bn_update} training batches)')
-
-
-def prepare(args, method):
-    """Shared start of the subspace scripts: checks, device and process group, data, model,
-    basis, the model at ``--train-start``, loaders and the run record."""
-    run = _set_up(args, method)
-    context, model = run.context, run.model
-    run.subspace, info = build_subspace(args, model, context)
-    if context.rank:  # dropout masks of its own (all ranks were seeded alike for the same init)
-        torch.manual_seed(seeds.seed('rank_dropout', args.randomseed, rank=context.rank))
-    if args.train_start == 'mean':  # the averaged weights get their own BN statistics, as in TWA
-        loader = run.train_loader.with_generator(seeds.generator('bn_mean_start', args.randomseed))
-        engine.update_bn(model, loader, len(loader), context, args.amp)
-    data = run.data
-    run.record = engine.RunRecord(
-        run.metrics_path, args, context, method=method, basis=info,
-        n_parameters=sum(p.numel() for p in model.parameters()), n_train=len(data.train_y),
-        **utils.noise_record(data, args))
-    run.record.watch(model)
-    return run
+    @classmethod
+    def evaluate_saved(cls, config, method):
+        """``--evaluate``: the run's saved final model (not rewritten), with its running
+        BatchNorm statistics and, with ``--bn-update``, re-estimated as after the last epoch."""
+        run = cls._set_up(config, method)
+        utils.load_snapshot(run.model_path, run.model)
+        ev = run.evaluate(config.epochs - 1)
+        for scores, how in ((ev.test, 'BatchNorm running statistics'),
+                            (ev.test_bn, f'BatchNorm statistics re-estimated on {run.bn_batches} '
+                                         f'training batches')):
+            if scores is not None:
+                run.context.print(f'{run.model_path}: test loss {scores.loss:.4f} acc {scores.acc:.2f}%'
+                                  + (f' top5 {scores.acc5:.2f}%' if scores.acc5 is not None else '')
+                                  + f' ({how})')

@@ -45,6 +45,7 @@ import flags
 import metrics
 import pipelines
 import utils
+from dldr import PBFGS
 
 # ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
 # 0.9, 3 trials): method -> (dimension, mean, std) as printed in the paper.
@@ -135,6 +136,22 @@ def noise_table(folder):
     return lines
 
 
+def pbfgs_counters(row):
+    """P-BFGS's counters of an epoch's row (``PBFGS.reset_stats``); rows written before the
+    sums were kept hold only their means, from which the sums follow."""
+    steps, failed, skipped = row['steps'], row['failed_searches'], row['nonfinite_skips']
+    accepted, evaluated = max(steps - failed - skipped, 1), max(steps - skipped, 1)
+    nan = float('nan')
+    return {'steps': steps, 'trials': row.get('trials', row['mean_trials'] * steps),
+            'failed_searches': failed, 'nonfinite_skips': skipped,
+            'curvature_skips': row.get('curvature_skips', 0),
+            'step_size_sum': row.get('step_size_sum', row['mean_step_size'] * accepted),
+            'accepted_loss_sum': row.get('accepted_loss_sum',
+                                         row.get('own_batch_loss_after_step', nan) * accepted),
+            'loss_sum': row.get('loss_sum', row.get('loss_before_step', nan) * evaluated),
+            'captured_sum': row.get('captured_sum', row.get('gradient_captured', nan) * evaluated)}
+
+
 def pbfgs_batch_table(folder):
     """Rows of the P-BFGS batch-size table: every finished P-BFGS run under ``folder``/sgd_s*/."""
     lines = ['| batch | curvature pairs | d | epochs | steps | final test acc | trials / step | '
@@ -147,19 +164,17 @@ def pbfgs_batch_table(folder):
             if run['method'] != 'pbfgs':
                 continue
             ep = run['epochs']
-            steps = sum(r['steps'] for r in ep)
-            accepted = sum(r['steps'] - r['failed_searches'] - r['nonfinite_skips'] for r in ep)
-            mean_step = sum(r['mean_step_size'] * (r['steps'] - r['failed_searches'] - r['nonfinite_skips'])
-                            for r in ep) / max(accepted, 1)
-            trials = sum(r['mean_trials'] * r['steps'] for r in ep) / max(steps, 1)
-            last = ep[-1]  # the losses of the last epoch: where the runs differ
+            total = {k: sum(c[k] for c in map(pbfgs_counters, ep)) for k in pbfgs_counters(ep[0])}
+            summary, last = PBFGS.summarise(total), PBFGS.summarise(pbfgs_counters(ep[-1]))
+            # the losses of the last epoch: where the runs differ
             rows.append((run['args']['batch_size'], run['args'].get('curvature_pairs', 'consecutive'),
-                         run['basis']['n_components'], len(ep), steps, run['final_test_acc'], trials,
-                         sum(r['failed_searches'] for r in ep), sum(r.get('curvature_skips', 0) for r in ep),
-                         mean_step, last.get('own_batch_loss_after_step'), last.get('loss_before_step'),
+                         run['basis']['n_components'], len(ep), total['steps'], run['final_test_acc'],
+                         summary['mean_trials'], total['failed_searches'], total['curvature_skips'],
+                         summary['mean_step_size'], last['own_batch_loss_after_step'],
+                         last['loss_before_step'],
                          run['seconds'] / 60))
     for b, pairs, d, e, steps, acc, trials, failed, skips, step, own, nxt, minutes in sorted(rows):
-        own, nxt = (f'{v:.3f}' if v is not None else '-' for v in (own, nxt))
+        own, nxt = (f'{v:.3f}' if v == v else '-' for v in (own, nxt))
         lines.append(f'| {b} | {pairs} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | '
                      f'{skips} | {step:.3g} | {own} | {nxt} | {minutes:.1f} |')
     return lines

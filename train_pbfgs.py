@@ -13,16 +13,12 @@ same steps.
 """
 import time
 
-import torch
-import torch.nn.functional as F
-
 import dldr
 import distributed
 import engine
 import flags
 import subspace_run
-import tracking
-import utils
+from subspace_run import SubspaceRun
 from utils import UserError
 
 
@@ -45,109 +41,43 @@ def parse_args(argv=None):
                         'after the step (one more forward and backward pass per step; '
                         'docs/RESULTS.md compares them)')
     flags.add_ignored_lr(p)
-    return flags.finish_subspace_args(p.parse_args(argv))
-
-
-def groups_of(loader, k):
-    """Consecutive lists of k batches (the last list may be shorter)."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == k:
-            yield group
-            group = []
-    if group:
-        yield group
+    return flags.freeze(p, flags.finish_subspace_args(p.parse_args(argv)))
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.amp == 'fp16':
+    config = parse_args(argv)
+    if config.amp == 'fp16':
         raise UserError('P-BFGS needs unscaled gradients and exact loss comparisons: use '
-                               '--amp bf16 or off (not fp16 / --half)')
-    refusal = subspace_run.KINDS[args.subspace].pbfgs_refusal
+                        '--amp bf16 or off (not fp16 / --half)')
+    refusal = subspace_run.KINDS[config.subspace].pbfgs_refusal
     if refusal:
         raise UserError(refusal)
-    if args.evaluate:
-        return subspace_run.evaluate_saved(args, 'pbfgs')
-    run = subspace_run.prepare(args, 'pbfgs')
-    model, context, device = run.model, run.context, run.context.device
-    optimizer = dldr.PBFGS(dldr.trainable_params(model), run.subspace, buffers=list(model.buffers()),
-                           max_trials=args.max_trials, alpha=args.alpha, gamma=args.gamma,
-                           curvature_pairs=args.curvature_pairs, comm=context.comm)
-    tracker = tracking.make_tracker(args, context, subspace_run.subspace_tag('pbfgs', args))
-    tracker.log_basis(run.record.data['basis'])
-
-    start = time.time()
-    steps_per_epoch = -(-len(run.train_loader) // args.accumulate)
-    for epoch in range(args.epochs):
+    if config.evaluate:
+        return SubspaceRun.evaluate_saved(config, 'pbfgs')
+    run = SubspaceRun.start_run(config, 'pbfgs')
+    optimizer = dldr.PBFGS(dldr.trainable_params(run.model), run.subspace,
+                           buffers=list(run.model.buffers()), max_trials=config.max_trials,
+                           alpha=config.alpha, gamma=config.gamma,
+                           curvature_pairs=config.curvature_pairs, comm=run.context.comm)
+    steps = -(-len(run.train_loader) // config.accumulate)
+    for epoch in run.epochs():
         t0 = time.time()
-        model.train()
-        meter = engine.EpochMeter(device)
-        log_step = tracker.step_hook(first_step=epoch * steps_per_epoch)
-        groups = groups_of(run.train_loader, args.accumulate)
-        for i, group in enumerate(engine.progress(groups, steps_per_epoch, f'epoch {epoch + 1}',
-                                                  args.print_freq, context.is_main)):
-            *earlier, (x, y) = group
-            gradients = 0  # the first gradient evaluation of a step is the one the meter counts
-
-            def closure():
-                nonlocal gradients
-                if not torch.is_grad_enabled():  # a line-search trial: loss on the last batch
-                    with engine.autocast(device, args.amp):
-                        return F.cross_entropy(model(x).float(), y)
-                gradients += 1
-                count = gradients == 1  # not the same-batch curvature pair's second gradient
-                optimizer.zero_grad(set_to_none=True)
-                for xb, yb in earlier:
-                    with engine.autocast(device, args.amp):
-                        out = model(xb)
-                        loss = F.cross_entropy(out.float(), yb)
-                    (loss / len(group)).backward()
-                    if count:
-                        meter.update(loss, out, yb)
-                with engine.autocast(device, args.amp):
-                    out = model(x)
-                    loss = F.cross_entropy(out.float(), y)
-                (loss / len(group)).backward()
-                if count:
-                    meter.update(loss, out, y)
-                return loss
-
-            # all-reduces the loss, d coordinates and every trial's loss
-            loss = optimizer.step(closure)  # (the mean over the ranks)
-            if log_step is not None:
-                log_step(i, loss)
+        train = engine.train_epoch(  # all-reduces the loss, d coordinates and every trial's loss
+            run.model, run.train_loader, optimizer, run.context, amp=config.amp,
+            accumulate=config.accumulate, log_step=run.tracker.step_hook(first_step=epoch * steps),
+            desc=f'epoch {epoch + 1}', print_freq=config.print_freq)
+        train_seconds = time.time() - t0
         stats = optimizer.reset_stats()
-        train = meter.result(context.comm)  # an all-reduce of the epoch's counts
-        t1 = time.time()
-        test, test_bn, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and scores
-        mean_trials = stats['trials'] / max(stats['steps'], 1)
-        accepted = stats['steps'] - stats['failed_searches'] - stats['nonfinite_skips']
-        mean_step = stats.pop('step_size_sum') / max(accepted, 1)
-        # a step's gain on its own mini-batch, against what the next mini-batch finds
-        own_batch_loss = stats.pop('accepted_loss_sum') / max(accepted, 1)
-        evaluated = max(stats['steps'] - stats['nonfinite_skips'], 1)
-        next_batch_loss = stats.pop('loss_sum') / evaluated
-        captured = stats.pop('captured_sum') / evaluated
-        context.print(engine.epoch_line(
-            epoch + 1, args.epochs, None, train, test, t1 - t0,
-            eval_seconds, f'  step {mean_step:.3g}  trials/step {mean_trials:.2f}  failed '
-                          f'{stats["failed_searches"]}  skipped {stats["nonfinite_skips"]}  '
-                          f'curvature skips {stats["curvature_skips"]}  loss after step '
-                          f'{own_batch_loss:.3f} (own batch) vs {next_batch_loss:.3f} (next)  '
-                          f'gradient in subspace {captured:.2g}  signal {stats["gradient_signal"]:.2g}',
-            test_bn=test_bn))
-        skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
-        run.record.add_epoch({'epoch': epoch + 1, **engine.score_row(train, test, test_bn),
-                              'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
-                              'eval_seconds': eval_seconds, 'mean_step_size': mean_step,
-                              'mean_trials': mean_trials, 'own_batch_loss_after_step': own_batch_loss,
-                              'loss_before_step': next_batch_loss, 'gradient_captured': captured,
-                              **stats}, skipped)
-        tracker.log_epoch(run.record.data['epochs'][-1])
-    run.finish(start)
-    tracker.close()
+        summary = dldr.PBFGS.summarise(stats)
+        run.end_epoch(epoch + 1, train, run.evaluate(epoch), train_seconds=train_seconds,
+                      note=f'  step {summary["mean_step_size"]:.3g}  trials/step '
+                           f'{summary["mean_trials"]:.2f}  failed {stats["failed_searches"]}  skipped '
+                           f'{stats["nonfinite_skips"]}  curvature skips {stats["curvature_skips"]}  '
+                           f'loss after step {summary["own_batch_loss_after_step"]:.3f} (own batch) vs '
+                           f'{summary["loss_before_step"]:.3f} (next)  gradient in subspace '
+                           f'{summary["gradient_captured"]:.2g}  signal {stats["gradient_signal"]:.2g}',
+                      **summary, **stats)
+    run.finish()
 
 
 if __name__ == '__main__':

@@ -17,9 +17,7 @@ import dldr
 import distributed
 import engine
 import flags
-import subspace_run
-import tracking
-import utils
+from subspace_run import SubspaceRun
 
 
 def parse_args(argv=None):
@@ -32,55 +30,37 @@ def parse_args(argv=None):
     flags.add_momentum(p)
     flags.add_lr_milestones(p, [30, 50], '30 50, the reference\'s fixed schedule')
     flags.add_subspace_args(p)
-    return flags.finish_subspace_args(p.parse_args(argv))
+    return flags.freeze(p, flags.finish_subspace_args(p.parse_args(argv)))
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.evaluate:
-        return subspace_run.evaluate_saved(args, 'psgd')
-    run = subspace_run.prepare(args, 'psgd')
-    model, context = run.model, run.context
-    params = dldr.trainable_params(model)
+    config = parse_args(argv)
+    if config.evaluate:
+        return SubspaceRun.evaluate_saved(config, 'psgd')
+    run = SubspaceRun.start_run(config, 'psgd')
     # SGD with momentum on P^T P g (no weight decay); every rank projects its own gradient and
     # the ranks average the d coordinates
-    optimizer = dldr.optim.PSGD(params, run.subspace, lr=args.lr, momentum=args.momentum,
-                                comm=context.comm)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
-    scaler = engine.grad_scaler(args, context.device)
-    tracker = tracking.make_tracker(args, context, subspace_run.subspace_tag('psgd', args))
-    tracker.log_basis(run.record.data['basis'])
-
-    start = time.time()
-    if args.epochs == 0:  # only the starting point (e.g. --train-start mean: SWA)
-        test, test_bn, eval_seconds = run.evaluate(0)
-        context.print(f'epoch 0 (the start, not trained): test loss {test[0]:.4f} acc {test[1]:.2f}%')
-        run.record.add_epoch({'epoch': 0, 'test_loss': test[0], 'test_acc': test[1],
-                              **({'test_loss_bn': test_bn[0], 'test_acc_bn': test_bn[1]} if test_bn else {}),
-                              'seconds': eval_seconds, 'eval_seconds': eval_seconds})
-    for epoch in range(args.epochs):
+    optimizer = dldr.PSGD(dldr.trainable_params(run.model), run.subspace, lr=config.lr,
+                          momentum=config.momentum, comm=run.context.comm)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, config.lr_milestones, gamma=0.1)
+    scaler = engine.grad_scaler(config, run.context.device)
+    if config.epochs == 0:  # only the starting point (e.g. --train-start mean: SWA)
+        run.record_start()
+    for epoch in run.epochs():
         t0 = time.time()
         lr = optimizer.param_groups[0]['lr']
         train = engine.train_epoch(  # all-reduces the d coordinates of every step's gradient
-            model, run.train_loader, optimizer, context, amp=args.amp, scaler=scaler,
+            run.model, run.train_loader, optimizer, run.context, amp=config.amp, scaler=scaler,
             before_step=optimizer.project_,  # before a GradScaler's inf check: the same on every rank
-            log_step=tracker.step_hook(optimizer, epoch * len(run.train_loader)),
-            desc=f'epoch {epoch + 1}', print_freq=args.print_freq)
-        if not math.isfinite(train[0]):
+            log_step=run.tracker.step_hook(optimizer, epoch * len(run.train_loader)),
+            desc=f'epoch {epoch + 1}', print_freq=config.print_freq)
+        if not math.isfinite(train.loss):
             raise SystemExit(f'error: non-finite training loss in epoch {epoch + 1}; stopped '
-                             f'(try a lower --lr)' if context.is_main else 1)
+                             f'(try a lower --lr)' if run.context.is_main else 1)
         scheduler.step()
-        t1 = time.time()
-        test, test_bn, eval_seconds = run.evaluate(epoch)  # all-reduces BN statistics and scores
-        context.print(engine.epoch_line(epoch + 1, args.epochs, lr, train, test, t1 - t0, eval_seconds,
-                                        test_bn=test_bn))
-        skipped = utils.count_skipped(run.loaders, context.comm)  # an all-reduce (ImageFolder)
-        run.record.add_epoch({'epoch': epoch + 1, 'lr': lr, **engine.score_row(train, test, test_bn),
-                              'seconds': t1 - t0 + eval_seconds, 'train_seconds': t1 - t0,
-                              'eval_seconds': eval_seconds}, skipped)
-        tracker.log_epoch(run.record.data['epochs'][-1])
-    run.finish(start)
-    tracker.close()
+        train_seconds = time.time() - t0
+        run.end_epoch(epoch + 1, train, run.evaluate(epoch), lr=lr, train_seconds=train_seconds)
+    run.finish()
 
 
 if __name__ == '__main__':

@@ -12,7 +12,7 @@ import dldr
 import utils
 from benchmarks.common import (device_batches, interleave, local_context, ms, paired_ratio,
                                profile_variants, secs, spread, timed, train_steps)
-from engine import EpochMeter, autocast
+from engine import EpochMeter, autocast, batch_closure
 
 
 def pbfgs_bookkeeping(model0, P, device, steps=50):
@@ -70,19 +70,7 @@ def run(args, shared, report):
         """k steps exactly as train_pbfgs.py (accumulate 1); returns the trials they made."""
         before = optimizer.stats['trials']
         for _ in range(k):
-            x, y = next_batch()
-
-            def closure():
-                if not torch.is_grad_enabled():
-                    with autocast(device, amp):
-                        return F.cross_entropy(model(x).float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, amp):
-                    out = model(x)
-                    loss = F.cross_entropy(out.float(), y)
-                loss.backward()
-                meter.update(loss, out, y)
-                return loss
+            closure = batch_closure(model, [next_batch()], optimizer, amp, meter)
 
             optimizer.step(closure)
         return optimizer.stats['trials'] - before

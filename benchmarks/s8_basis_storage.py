@@ -8,9 +8,9 @@ import copy
 import os
 
 import torch
-import torch.nn.functional as F
 
 import dldr
+from engine import batch_closure
 import models
 import utils
 from benchmarks.common import CountingComm, interleave, ms, paired_ratio, secs, train_steps
@@ -87,13 +87,7 @@ def storage_steps(context, opts):
         comm.clear()
         x, y = batches[0]
         for _ in range(2):
-            def closure():
-                loss = F.cross_entropy(pbfgs_model(x), y)
-                if torch.is_grad_enabled():
-                    pbfgs.zero_grad()
-                    loss.backward()
-                return loss
-            pbfgs.step(closure)
+            pbfgs.step(batch_closure(pbfgs_model, [(x, y)], pbfgs))
         record['pbfgs_bytes'] = sum(b for _, b in comm.log) / 2
         record['pbfgs_trials'] = pbfgs.stats['trials'] / 2
         out['options'][name(option)] = record

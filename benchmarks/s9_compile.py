@@ -20,13 +20,12 @@ import statistics
 import tempfile
 
 import torch
-import torch.nn.functional as F
 
 import dldr
 import utils
 from benchmarks.common import (device_batches, interleave, local_context, ms, paired_ratio, secs,
                                spread, timed, train_steps)
-from engine import autocast, evaluate
+from engine import batch_closure, evaluate
 
 CIFAR10_STEPS = 391
 """Steps of one CIFAR-10 epoch at batch 128 (50,000 images): the unit of the break-even in epochs."""
@@ -242,17 +241,8 @@ def run(args, shared, report):
                 mine, state = in_format(pool, cl), {'i': 0}
 
                 def run(count):
-                    for x, y in cycle(mine, count, state):
-                        def closure(x=x, y=y):  # as train_pbfgs.py (accumulate 1)
-                            if not torch.is_grad_enabled():  # a line-search trial
-                                with autocast(device, amp_pbfgs):
-                                    return F.cross_entropy(model(x).float(), y)
-                            optimizer.zero_grad(set_to_none=True)
-                            with autocast(device, amp_pbfgs):
-                                loss = F.cross_entropy(model(x).float(), y)
-                            loss.backward()
-                            return loss
-                        optimizer.step(closure)
+                    for x, y in cycle(mine, count, state):  # as train_pbfgs.py (accumulate 1)
+                        optimizer.step(batch_closure(model, [(x, y)], optimizer, amp_pbfgs))
                     return optimizer.stats['trials']
                 run.optimizer = optimizer
                 return run, (model if mode else None)

@@ -277,6 +277,8 @@ class PBFGS(torch.optim.Optimizer):
         trial_grad: whether the trials run with grad enabled (None: detect, see above).
     """
 
+    takes_closure = True  # step(closure) only, as torch.optim.LBFGS
+
     def __init__(self, params: Iterable[Tensor], subspace, *, buffers: Iterable[Tensor] = (),
                  sigma: float = 0.4, rho: float = 0.4, max_trials: int = 20, alpha: float = 0.0,
                  gamma: float = 0.9, curvature_eps: float = 1e-20,
@@ -343,6 +345,23 @@ class PBFGS(torch.optim.Optimizer):
         stats['gradient_signal'] = (total.square().sum() / (count * squares)).item() if count else float('nan')
         self._coords_moments = self._zero_moments()
         return stats
+
+    @staticmethod
+    def summarise(stats: dict) -> dict[str, float]:
+        """The means of counters from :meth:`reset_stats` (one epoch's, or their sums over
+        several): ``mean_trials`` per step, ``mean_step_size`` and the loss after the step on its
+        own mini-batch (``own_batch_loss_after_step``) over the accepted steps, and over the
+        evaluated steps the loss before the step (``loss_before_step``: the loss each fresh
+        mini-batch finds) and the fraction of the gradient the subspace holds
+        (``gradient_captured``)."""
+        steps = stats['steps']
+        accepted = max(steps - stats['failed_searches'] - stats['nonfinite_skips'], 1)
+        evaluated = max(steps - stats['nonfinite_skips'], 1)
+        return {'mean_step_size': stats['step_size_sum'] / accepted,
+                'mean_trials': stats['trials'] / max(steps, 1),
+                'own_batch_loss_after_step': stats['accepted_loss_sum'] / accepted,
+                'loss_before_step': stats['loss_sum'] / evaluated,
+                'gradient_captured': stats['captured_sum'] / evaluated}
 
     def _zero_moments(self) -> list:
         """Sum of g~ (d, float64, on the device), sum of |g~|^2 and the number of steps."""

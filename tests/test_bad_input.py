@@ -23,6 +23,7 @@ import torch
 
 import distributed
 import flags
+import sgd_run
 import tracking
 import utils
 from helpers import SMALL, assert_one_line_error, file_state
@@ -160,15 +161,15 @@ def test_default_milestones_never_collapse():
     expect = {0: [], 1: [], 2: [1], 3: [1, 2], 4: [2, 3], 8: [4, 6], 200: [100, 150]}
     for epochs, steps in expect.items():
         args = train_sgd.parse_args(['--datasets', 'synthetic', '--epochs', str(epochs)])
-        assert train_sgd.milestones(args) == steps, epochs
-        assert (train_sgd.milestones_note(args) is None) == (epochs == 0 or len(steps) == 2), epochs
-    note = train_sgd.milestones_note(train_sgd.parse_args(['--datasets', 'synthetic', '--epochs', '1']))
+        assert sgd_run.milestones(args) == steps, epochs
+        assert (sgd_run.milestones_note(args) is None) == (epochs == 0 or len(steps) == 2), epochs
+    note = sgd_run.milestones_note(train_sgd.parse_args(['--datasets', 'synthetic', '--epochs', '1']))
     assert 'constant' in note and '--epochs 1' in note
     # the reference's schedules and explicit milestones are kept as they are
     args = train_sgd.parse_args(['--epochs', '1'])
-    assert train_sgd.milestones(args) == [100, 150] and train_sgd.milestones_note(args) is None
+    assert sgd_run.milestones(args) == [100, 150] and sgd_run.milestones_note(args) is None
     args = train_sgd.parse_args(['--datasets', 'synthetic', '--epochs', '1', '--lr-milestones', '5'])
-    assert train_sgd.milestones(args) == [5] and train_sgd.milestones_note(args) is None
+    assert sgd_run.milestones(args) == [5] and sgd_run.milestones_note(args) is None
 
 
 def test_short_runs_train_at_the_given_lr_and_decay_once(cli, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 import utils
 from helpers import SGD_ARGS, in_process
 
@@ -82,16 +83,8 @@ def test_compiled_pbfgs_step_matches_eager():
     states = []
     for model in (small_net(), utils.compile_model(small_net(), backend='aot_eager')):
         opt = dldr.PBFGS(dldr.trainable_params(model), P, buffers=list(model.buffers()))
-
-        def closure():
-            if not torch.is_grad_enabled():
-                return F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
         for _ in range(3):
-            opt.step(closure)
+            opt.step(engine.batch_closure(model, [(x, y)], opt))
         states.append(model.state_dict())
     assert_close_states(states[1], states[0], rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()

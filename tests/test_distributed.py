@@ -23,6 +23,7 @@ from torch import nn
 
 import distributed
 import dldr
+import engine
 import utils
 from helpers import ROOT
 
@@ -87,13 +88,7 @@ def pbfgs_run(context, shard=False, **options):
     optimizer = dldr.PBFGS(params, subspace, comm=comm, **options)
     decisions = []  # per step: (trials so far, sum of accepted step sizes so far)
     for x, y in batches(context):
-        def closure():
-            loss = F.cross_entropy(model(x), y)
-            if torch.is_grad_enabled():
-                optimizer.zero_grad()
-                loss.backward()
-            return loss
-        optimizer.step(closure)
+        optimizer.step(engine.batch_closure(model, [(x, y)], optimizer))
         decisions.append((optimizer.stats['trials'], optimizer.stats['step_size_sum']))
     return dldr.flat_params(params), comm.sent, optimizer.stats, comm.log, decisions
 

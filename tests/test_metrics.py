@@ -1,4 +1,4 @@
-"""The run record (engine.RunRecord) and its one reader (metrics.py): what a finished file says,
+"""The run record (run.RunRecord) and its one reader (metrics.py): what a finished file says,
 files of the previous version, the demo table, and that no record method communicates."""
 import json
 from argparse import Namespace
@@ -8,8 +8,8 @@ import torch
 
 import dldr
 import distributed
-import engine
 import metrics
+import run
 import seeds
 import sweep
 import utils
@@ -28,8 +28,8 @@ class CountingComm(dldr.Comm):
 def record(path):
     context = distributed.Context(torch.device('cpu'), comm=CountingComm())
     args = Namespace(batch_size=8, randomseed=1, n_components=3)
-    return engine.RunRecord(path, args, context, method='psgd', n_parameters=10,
-                            basis={'kind': 'random', 'n_components': 3, 'snapshots': [0, 4]})
+    return run.RunRecord(path, args, context, method='psgd', n_parameters=10,
+                         basis={'kind': 'random', 'n_components': 3, 'snapshots': [0, 4]})
 
 
 def test_record_methods_and_finished_flag(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 import flags
 import models
+import sgd_run
 import utils
 
 
@@ -244,7 +245,6 @@ def test_device_loader_without_augmentation_shuffles_only():
 def test_adamw_decays_matrices_only():
     """--optimizer adamw: one AdamW step equals the closed form, with weight decay applied to
     the weight matrix and not to the bias or the model's no_weight_decay() parameter."""
-    import train_sgd
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -259,7 +259,7 @@ def test_adamw_decays_matrices_only():
     model = Tiny()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = SimpleNamespace(optimizer='adamw', lr=0.01, weight_decay=0.5, momentum=0.9)
-    opt = train_sgd.make_optimizer(args, model)
+    opt = sgd_run.make_optimizer(args, model)
     for p in model.parameters():
         p.grad = torch.full_like(p, 2.0)
     opt.step()
