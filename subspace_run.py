@@ -248,7 +248,7 @@ class SubspaceRun(Run):
     """train_psgd.py's and train_pbfgs.py's run: besides :class:`run.Run`'s, the subspace, the
     loader BatchNorm re-estimation reads (None without --bn-update) and the number of batches
     it reads, and the final model's path."""
-    subspace: dldr.Subspace | None = None
+    subspace: object = None  # the dldr.Subspace
     bn_loader: object = None
     bn_batches: int = 0
     model_path: str = ''

@@ -211,7 +211,8 @@ def test_bn_update_larger_than_an_epoch_uses_and_records_the_batches_there_are(c
     args = [*SUBSPACE, '--epochs', '1', '--bn-update', '1000', '--save-dir', trajectory]
     out = cli.ok('train_psgd', *args)
     assert 'an epoch has 2 training batches' in out
-    assert metrics(trajectory, 'metrics_psgd_d2_0-3.json')['args']['bn_update'] == 2
+    record = metrics(trajectory, 'metrics_psgd_d2_0-3.json')
+    assert record['bn_update_batches'] == 2 and record['args']['bn_update'] == 1000  # as given
     out = cli.ok('train_psgd', *args, '-e')
     assert 're-estimated on 2 training batches' in out and 're-estimated on 1000' not in out
 
