@@ -325,10 +325,10 @@ def add_subspace_args(p, *, params_end=51):
     a('--shard-basis', '--shard_basis', action='store_true',
       help='each rank keeps only its block of P\'s columns (P per rank / world size); a step then '
            'reduce-scatters the gradient and all-gathers the update (about DDP\'s traffic instead '
-           'of d numbers; README: when to use it). Not with fastfood, redrawn')
+           'of d numbers; docs/USAGE.md: when to use it). Not with fastfood, redrawn')
     a('--basis-dtype', '--basis_dtype', default='float32', choices=tuple(dldr.BASIS_DTYPES),
       help='storage type of P (products accumulate in float32; fp16 and int8 with a scale per '
-           'row): bf16 halves P\'s memory (README: its measured accuracy). Not with fastfood, redrawn')
+           'row): bf16 halves P\'s memory (docs/USAGE.md: its measured accuracy). Not with fastfood, redrawn')
     a('--basis-device', '--basis_device', default=None, metavar='DEVICE',
       help='where P is computed and stored, e.g. cpu while training on a GPU (default: --device); '
            'each step moves the gradient there and the update back. Not with fastfood, redrawn')
