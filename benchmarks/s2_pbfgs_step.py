@@ -101,7 +101,7 @@ def run(args, shared, report):
     trials = [t / k for _, t in res['pbfgs']]
     floor = [s + t * f for s, t, f in zip(sg, trials, fw)]
     mean_trials = stats['trials'] / max(stats['steps'], 1)
-    loss, _ = meter.result()
+    loss = meter.result().loss
     print(f'  {args.pbfgs_repeats} rounds x {k} steps; warm-up {warm_trials["steps"]} steps with '
           f'{warm_trials["trials"]} trials; timed: {stats["steps"]} steps, mean trials '
           f'{mean_trials:.2f} (per round {", ".join(f"{t:.1f}" for t in trials)}), '

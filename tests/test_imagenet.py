@@ -116,7 +116,8 @@ def test_top5_accuracy_by_hand():
     meter = engine.EpochMeter(torch.device('cpu'))
     meter.update(torch.tensor(2.0), logits[:2], target[:2])
     meter.update(torch.tensor(4.0), logits[2:], target[2:])
-    loss, acc = scores = meter.result()
+    scores = meter.result()
+    loss, acc = scores.loss, scores.acc
     assert loss == pytest.approx(3.0) and acc == pytest.approx(50.0)
     assert scores.acc5 == pytest.approx(75.0)
     few = engine.EpochMeter(torch.device('cpu'))
