@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 import dldr
 import seeds
-from utils import UserError
+from errors import UserError
 
 
 class DistComm(dldr.Comm):

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from utils import UserError
+from errors import UserError
 
 METHOD_NAMES = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
 

@@ -25,12 +25,13 @@ import metrics
 import subspace_run
 import tracking
 import utils
+from errors import UserError
 
 METHOD_NAMES = MappingProxyType(metrics.METHOD_NAMES)
 FAMILIES = ('curves', 'time', 'spectrum', 'trajectory', 'noise', 'dims')
 
 
-class NoData(utils.UserError):
+class NoData(UserError):
     """The folders hold runs, but none that this figure needs (``all`` skips the figure)."""
 
 
@@ -42,10 +43,10 @@ def load_runs(folder):
     """Every ``metrics_*.json`` of ``folder`` as :class:`metrics.Metrics` (``folder`` as given),
     SGD first, then by method, basis kind, d and seed."""
     if not os.path.isdir(folder):
-        raise utils.UserError(f'no such folder: {folder}')
+        raise UserError(f'no such folder: {folder}')
     paths = metrics.paths(folder)
     if not paths:
-        raise utils.UserError(f'no runs in {folder} (no metrics_*.json)')
+        raise UserError(f'no runs in {folder} (no metrics_*.json)')
     runs = [metrics.load(path) for path in paths]
     for run in runs:
         run['folder'] = folder
@@ -217,7 +218,7 @@ def trajectory_model(runs, state):
         return models.get_model(args.get('arch', 'resnet20'), num_classes, in_channels,
                                 family=utils.dataset_family(dataset))
     except ValueError as e:
-        raise utils.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +238,7 @@ def save(fig, opts, name):
     try:
         fig.savefig(path, dpi=opts.dpi, bbox_inches='tight')
     except OSError as e:
-        raise utils.UserError(f'cannot write {path}: {e.strerror or e}') from None
+        raise UserError(f'cannot write {path}: {e.strerror or e}') from None
     finally:
         plt.close(fig)
     print(path, flush=True)
@@ -446,7 +447,7 @@ def plot_budget(opts):
     per_seed = [pipelines.seed_pipelines(sub) for sub in pipelines.seeds(folder)]
     per_seed = [p for p in per_seed if p]
     if not per_seed:
-        raise utils.UserError(f'no finished budget runs in {folder} (sgd_s*/metrics_sgd.json)')
+        raise UserError(f'no finished budget runs in {folder} (sgd_s*/metrics_sgd.json)')
     fig, ax = figure(figsize=(9, 5.5))
     colours = {}
     for i, found in enumerate(per_seed):
@@ -522,7 +523,7 @@ def main(argv=None):
     try:
         os.makedirs(opts.out, exist_ok=True)
     except OSError as e:
-        raise utils.UserError(f'cannot create --out {opts.out}: {e.strerror}') from None
+        raise UserError(f'cannot create --out {opts.out}: {e.strerror}') from None
     opts.saved = []
     PLOTTERS[opts.family](opts)
     if opts.logger:

@@ -28,7 +28,7 @@ import netrc
 import os
 
 import utils
-from utils import UserError
+from errors import UserError
 
 LOGGERS = ('tensorboard', 'wandb')
 PACKAGES = {'tensorboard': 'tensorboard', 'wandb': 'wandb'}  # --logger value: module / pip name

@@ -22,10 +22,7 @@ import torch.nn.functional as F
 
 import models
 import seeds
-
-
-class UserError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2, no traceback."""
+from errors import UserError  # noqa: F401  (utils.UserError: its former home)
 
 
 DATASET_NAMES = ('CIFAR10', 'CIFAR100', 'MNIST', 'synthetic', 'ImageNet')
