@@ -140,7 +140,7 @@ def global_rank():
 
 
 def setup(args):
-    """Device, process group (under torchrun) and seeds of this process."""
+    """Device, process group (under torchrun), kernels and seeds of this process."""
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     device = pick_device(args.device, local_rank)
     context = Context(device)
@@ -156,8 +156,21 @@ def setup(args):
     if args.batch_size % context.world_size:
         raise UserError(f'--batch-size {args.batch_size} (the global batch) must divide evenly '
                         f'over the {context.world_size} ranks')
-    seeds.seed_process(args.randomseed, args.deterministic)
+    choose_kernels(args.deterministic)
+    seeds.seed_process(args.randomseed)
     return context
+
+
+def choose_kernels(deterministic):
+    """``--deterministic``: deterministic algorithms only (an op without one raises), cuDNN's
+    autotuner off, cuBLAS's fixed workspace; otherwise cuDNN picks the fastest kernels per shape
+    (``cudnn.benchmark``), which may differ from run to run."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def run_cli(main):
