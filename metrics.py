@@ -15,10 +15,12 @@ import glob
 import json
 import os
 import sys
+from types import MappingProxyType
 
 from errors import UserError
 
-METHOD_NAMES = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
+METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
+"""The methods' names in tables and figures (read-only: plot.py and tables.py share it)."""
 
 
 class Metrics(dict):

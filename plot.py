@@ -27,7 +27,6 @@ import tracking
 import utils
 from errors import UserError
 
-METHOD_NAMES = MappingProxyType(metrics.METHOD_NAMES)
 FAMILIES = ('curves', 'time', 'spectrum', 'trajectory', 'noise', 'dims')
 
 
@@ -87,7 +86,7 @@ def snapshot_range(run):
 
 def method_label(run):
     """'SGD', 'P-SGD d=40', 'P-BFGS random d=40' (the basis kind unless DLDR)."""
-    name = METHOD_NAMES.get(run['method'], run['method'])
+    name = metrics.METHOD_NAMES.get(run['method'], run['method'])
     if run['method'] == 'sgd':
         return name
     k = kind(run)
@@ -185,7 +184,7 @@ def dims_groups(runs, spread='minmax'):
         if run['method'] == 'sgd' or run.get('final_test_acc') is None or dim(run) is None:
             continue
         start, end = snapshot_range(run)
-        name = METHOD_NAMES.get(run['method'], run['method'])
+        name = metrics.METHOD_NAMES.get(run['method'], run['method'])
         label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1}{start_text(run)})'
         acc[label][int(dim(run))].append(float(run['final_test_acc']))
     groups = {}

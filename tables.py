@@ -171,7 +171,6 @@ def vit_table(folder):
     (``folder``/finetune) and the subspace runs in the span of the fine-tuning snapshots."""
     lines = ['| stage | trainable dimension | epochs | final test acc | best test acc | minutes |',
              '| --- | ---: | ---: | ---: | ---: | ---: |']
-    names = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
     for sub, stage in (('train', 'trained from scratch'), ('finetune', 'then fine-tuned')):
         order = {'sgd': 0, 'pbfgs': 1, 'psgd': 2}
         for run in sorted(finished_runs(os.path.join(folder, sub)), key=lambda r: order[r['method']]):
@@ -179,7 +178,7 @@ def vit_table(folder):
                 name = f'{stage}: {run["args"]["optimizer"]}, lr {run["args"]["lr"]:g}'
             else:
                 b = run['basis']
-                name = (f'then {names[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
+                name = (f'then {metrics.METHOD_NAMES[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
                         f'snapshots {b["snapshots"][0]}..{b["snapshots"][1] - 1}, from snapshot '
                         f'{run["args"]["params_start"]}')
             lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | '
