@@ -85,7 +85,7 @@ def resnet8_table(folder):
             if run['method'] == 'sgd':
                 row, d = 'SGD', run['n_parameters']
             elif run['method'] == 'psgd':
-                row, d = KIND_ROWS.get(run.kind), run.dim
+                row, d = KIND_ROWS.get(run.kind), run.subspace_dim
             else:
                 continue
             acc.setdefault(row, []).append(run['final_test_acc'])
@@ -181,7 +181,7 @@ def vit_table(folder):
                 name = (f'then {metrics.METHOD_NAMES[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
                         f'snapshots {b["snapshots"][0]}..{b["snapshots"][1] - 1}, from snapshot '
                         f'{run["args"]["params_start"]}')
-            lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | '
+            lines.append(f'| {name} | {run.n_trained:,} | {len(run["epochs"])} | '
                          f'{run["final_test_acc"]:.2f} | {run["best_test_acc"]:.2f} | '
                          f'{run["seconds"] / 60:.1f} |')
     return lines
