@@ -1,5 +1,5 @@
 """Processes and their communication: the device, the process group under torchrun, the
-:class:`dldr.Comm` over it, the command-line wrapper and local process groups for tests.
+:class:`dldr.Comm` over it, the command-line wrapper.
 
 Launched by ``torchrun``, every process reads RANK / LOCAL_RANK / WORLD_SIZE from its environment,
 joins the process group (nccl on CUDA, gloo on the CPU) and uses cuda:LOCAL_RANK.
@@ -26,8 +26,8 @@ its process group).  The collectives, by caller:
   complete before the others go on.
 * DDP (train_sgd.py): the gradient all-reduce and the buffer broadcast at every forward.
 
-:class:`CountingComm` wraps any Comm and logs the bytes of each collective (the tests' and
-bench's traffic counts).
+The tests' and benchmarks' local process groups and traffic counts (``spawn_local``,
+``CountingComm``) are in tests/scaffold.py.
 """
 import datetime
 import os
@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 import dldr
 import seeds
-from utils import UserError
+from errors import UserError
 
 
 class DistComm(dldr.Comm):
@@ -71,41 +71,6 @@ class DistComm(dldr.Comm):
     def broadcast_(self, tensor, src=0):
         dist.broadcast(tensor, src)
         return tensor
-
-
-class CountingComm(dldr.Comm):
-    """Forwards to ``inner``, logging bytes (dldr.Comm is the one place the method communicates,
-    so wrapping it sees all of a step's traffic): ``sent``, every all-reduce's tensor; ``log``,
-    (collective, bytes) of every collective: the tensor it reduces or gathers on this rank
-    (all-reduce: the tensor; reduce-scatter: all W inputs; all-gather: all W outputs)."""
-
-    def __init__(self, inner):
-        self.inner, self.rank, self.world_size = inner, inner.rank, inner.world_size
-        self.sent, self.log = [], []
-
-    def all_reduce_(self, tensor, op='mean'):
-        self.sent.append(tensor.numel() * tensor.element_size())
-        self.log.append(('all_reduce', self.sent[-1]))
-        return self.inner.all_reduce_(tensor, op)
-
-    def all_gather_(self, out, tensor):
-        self.log.append(('all_gather', sum(t.numel() * t.element_size() for t in out)))
-        self.inner.all_gather_(out, tensor)
-
-    def reduce_scatter_(self, out, inputs, op='sum'):
-        self.log.append(('reduce_scatter', sum(t.numel() * t.element_size() for t in inputs)))
-        return self.inner.reduce_scatter_(out, inputs, op)
-
-    def broadcast_(self, tensor, src=0):
-        self.log.append(('broadcast', tensor.numel() * tensor.element_size()))
-        return self.inner.broadcast_(tensor, src)
-
-    def barrier(self):
-        self.inner.barrier()
-
-    def clear(self):
-        self.sent.clear()
-        self.log.clear()
 
 
 @dataclass
@@ -175,7 +140,7 @@ def global_rank():
 
 
 def setup(args):
-    """Device, process group (under torchrun) and seeds of this process."""
+    """Device, process group (under torchrun), kernels and seeds of this process."""
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     device = pick_device(args.device, local_rank)
     context = Context(device)
@@ -191,8 +156,21 @@ def setup(args):
     if args.batch_size % context.world_size:
         raise UserError(f'--batch-size {args.batch_size} (the global batch) must divide evenly '
                         f'over the {context.world_size} ranks')
-    seeds.seed_process(args.randomseed, args.deterministic)
+    choose_kernels(args.deterministic)
+    seeds.seed_process(args.randomseed)
     return context
+
+
+def choose_kernels(deterministic):
+    """``--deterministic``: deterministic algorithms only (an op without one raises), cuDNN's
+    autotuner off, cuBLAS's fixed workspace; otherwise cuDNN picks the fastest kernels per shape
+    (``cudnn.benchmark``), which may differ from run to run."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    else:
+        torch.backends.cudnn.benchmark = True
 
 
 def run_cli(main):
@@ -213,67 +191,6 @@ def run_cli(main):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr, flush=True)
         sys.exit(130)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------
-# Local process groups for tests and bench.py (the scripts are launched by torchrun).
-# ---------------------------------------------------------------------------------------------
-def spawn_local(fn, world_size, *args, timeout=120):
-    """Run ``fn(context, *args)`` in ``world_size`` fresh CPU processes (one thread each) joined
-    by gloo through a file:// rendezvous; returns their results in rank order.
-
-    ``fn`` must be importable (a module-level function) and its results picklable.  A rank that
-    raises makes this raise RuntimeError with its traceback; the other ranks are terminated
-    (they may be waiting in a collective), and nothing waits longer than ``timeout`` seconds.
-    """
-    import pickle
-    import queue as queue_module
-    import tempfile
-    import torch.multiprocessing as mp
-    spawn = mp.get_context('spawn')
-    with tempfile.TemporaryDirectory(prefix='dldr_spawn_') as folder:
-        results = spawn.Queue()
-        procs = [spawn.Process(target=_spawned_rank, daemon=True,
-                               args=(fn, rank, world_size, f'file://{folder}/rendezvous', timeout,
-                                     results, args)) for rank in range(world_size)]
-        for p in procs:
-            p.start()
-        out = {}
-        try:
-            deadline = time.monotonic() + timeout
-            while len(out) < world_size:
-                try:
-                    rank, ok, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
-                except queue_module.Empty:
-                    raise RuntimeError(f'spawn_local: no result from ranks '
-                                       f'{sorted(set(range(world_size)) - set(out))} within {timeout}s') from None
-                if not ok:
-                    raise RuntimeError(f'rank {rank} failed:\n{value}')
-                out[rank] = pickle.loads(value)
-        finally:
-            for p in procs:
-                p.join(timeout=5)
-                if p.is_alive():
-                    p.kill()
-    return [out[r] for r in range(world_size)]
-
-
-def _spawned_rank(fn, rank, world_size, init_method, timeout, results, args):
-    import pickle
-    import traceback
-    torch.set_num_threads(1)
-    try:
-        limit = datetime.timedelta(seconds=timeout)
-        dist.init_process_group('gloo', timeout=limit, init_method=init_method, rank=rank,
-                                world_size=world_size)
-        context = Context(torch.device('cpu'), comm=DistComm())
-        # plain pickle: tensors travel by value, not as shared memory of an exiting process
-        results.put((rank, True, pickle.dumps(fn(context, *args))))
-    except BaseException:
-        results.put((rank, False, traceback.format_exc()))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """The training and evaluation loops: one epoch of any optimizer (closure optimizers such as
 P-BFGS included), evaluation, the epoch meter, BatchNorm re-estimation.
 
-The method lives in the ``dldr`` package (pure torch), data and files in ``utils``, the command
+The method lives in the ``dldr`` package (pure torch), data and files in the ``utils`` package, the command
 lines in ``flags.py``, processes and their communication in ``distributed.py``, a run's state
 and its record in ``run.py`` (with ``sgd_run.py`` and ``subspace_run.py``), the seeds in
 ``seeds.py``.  Every collective here goes through ``context.comm`` (a :class:`dldr.Comm`) and is

@@ -25,7 +25,7 @@ import seeds
 import subspace_run as subspaces
 import tracking
 import utils
-from utils import UserError
+from errors import UserError
 
 IGNORED = '(ignored: kept for the reference\'s command lines)'
 BN_UPDATE_IMAGES = 2048

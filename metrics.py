@@ -15,10 +15,12 @@ import glob
 import json
 import os
 import sys
+from types import MappingProxyType
 
-from utils import UserError
+from errors import UserError
 
-METHOD_NAMES = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
+METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
+"""The methods' names in tables and figures (read-only: plot.py and tables.py share it)."""
 
 
 class Metrics(dict):
@@ -44,16 +46,17 @@ class Metrics(dict):
         return (basis.get('kind') or 'dldr') if isinstance(basis, dict) else None
 
     @property
-    def dim(self):
-        """The subspace dimension d (None for SGD)."""
+    def subspace_dim(self):
+        """The subspace dimension d of a subspace run (None for SGD)."""
         if self.method == 'sgd':
             return None
         return (self.get('basis') or {}).get('n_components', self['args'].get('n_components'))
 
     @property
-    def dimension(self):
-        """The number of trained parameters: d, or all of them for SGD."""
-        return self.dim if self.dim is not None else self.get('n_parameters')
+    def n_trained(self):
+        """How many numbers the run trained: d for a subspace run, every parameter for SGD."""
+        d = self.subspace_dim
+        return d if d is not None else self.get('n_parameters')
 
     @property
     def seed(self):
@@ -103,7 +106,7 @@ def table(folder):
     """The results table of every run in ``folder`` (oldest file first): method, dimension,
     epochs, final and best test accuracy, final accuracy minus SGD's, seconds."""
     runs = [load(p) for p in sorted(paths(folder), key=os.path.getmtime)]
-    rows = [(METHOD_NAMES.get(r.method, r.method.upper()), r.dimension, len(r['epochs']),
+    rows = [(METHOD_NAMES.get(r.method, r.method.upper()), r.n_trained, len(r['epochs']),
              r.final_test_acc, r.get('best_test_acc'), r.get('seconds', 0)) for r in runs]
     sgd_final = next((r[3] for r in rows if r[0] == 'SGD'), None)
     lines = ['', f"{'method':8} {'dimension':>10} {'epochs':>6} {'final acc':>9} {'best acc':>9} "

@@ -25,12 +25,12 @@ import metrics
 import subspace_run
 import tracking
 import utils
+from errors import UserError
 
-METHOD_NAMES = MappingProxyType(metrics.METHOD_NAMES)
 FAMILIES = ('curves', 'time', 'spectrum', 'trajectory', 'noise', 'dims')
 
 
-class NoData(utils.UserError):
+class NoData(UserError):
     """The folders hold runs, but none that this figure needs (``all`` skips the figure)."""
 
 
@@ -42,27 +42,19 @@ def load_runs(folder):
     """Every ``metrics_*.json`` of ``folder`` as :class:`metrics.Metrics` (``folder`` as given),
     SGD first, then by method, basis kind, d and seed."""
     if not os.path.isdir(folder):
-        raise utils.UserError(f'no such folder: {folder}')
+        raise UserError(f'no such folder: {folder}')
     paths = metrics.paths(folder)
     if not paths:
-        raise utils.UserError(f'no runs in {folder} (no metrics_*.json)')
+        raise UserError(f'no runs in {folder} (no metrics_*.json)')
     runs = [metrics.load(path) for path in paths]
     for run in runs:
         run['folder'] = folder
-    return sorted(runs, key=lambda r: (r['method'] != 'sgd', r['method'], kind(r), dim(r) or 0,
-                                       str(seed(r)), r['tag']))
+    return sorted(runs, key=lambda r: (r['method'] != 'sgd', r['method'], r.kind, r.subspace_dim or 0,
+                                       str(r.seed), r['tag']))
 
 
 def load_all(folders):
     return [run for folder in folders for run in load_runs(folder)]
-
-
-def kind(run):
-    return run.kind
-
-
-def dim(run):
-    return run.dim
 
 
 def paper_kind(run):
@@ -75,31 +67,21 @@ def kind_name(run):
     return 'DLDR' if paper_kind(run) else run.kind
 
 
-def seed(run):
-    return run.seed
-
-
-def snapshot_range(run):
-    """(start, end) of the trajectory a subspace run's basis came from, end exclusive."""
-    return run.snapshot_range
-
-
 def method_label(run):
     """'SGD', 'P-SGD d=40', 'P-BFGS random d=40' (the basis kind unless DLDR)."""
-    name = METHOD_NAMES.get(run['method'], run['method'])
+    name = metrics.METHOD_NAMES.get(run['method'], run['method'])
     if run['method'] == 'sgd':
         return name
-    k = kind(run)
-    return f'{name}{"" if paper_kind(run) else " " + k} d={dim(run)}'
+    return f'{name}{"" if paper_kind(run) else " " + run.kind} d={run.subspace_dim}'
 
 
 def run_label(run, folder_prefix=False):
     label = method_label(run)
     if run['method'] != 'sgd':
-        start, end = snapshot_range(run)
+        start, end = run.snapshot_range
         label += f', snapshots {start}..{end - 1}'
         if not paper_kind(run):
-            label += f', seed {seed(run)}'
+            label += f', seed {run.seed}'
     return f'{os.path.basename(os.path.normpath(run["folder"]))}: {label}' if folder_prefix else label
 
 
@@ -107,8 +89,8 @@ def start_text(run):
     """', from snapshot K' (a burn-in subspace) or ', from their mean' where training did not start
     where the kind starts by default (the range's first snapshot; the mean for twa)."""
     start = (run.get('basis') or {}).get('start')
-    first = snapshot_range(run)[0]
-    row = subspace_run.KINDS.get(kind(run))
+    first = run.snapshot_range[0]
+    row = subspace_run.KINDS.get(run.kind)
     default = 'mean' if row is not None and row.starts_at_mean else first
     if start is None or start == default:
         return ''
@@ -181,12 +163,12 @@ def dims_groups(runs, spread='minmax'):
     """
     acc = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        if run['method'] == 'sgd' or run.get('final_test_acc') is None or dim(run) is None:
+        if run['method'] == 'sgd' or run.get('final_test_acc') is None or run.subspace_dim is None:
             continue
-        start, end = snapshot_range(run)
-        name = METHOD_NAMES.get(run['method'], run['method'])
+        start, end = run.snapshot_range
+        name = metrics.METHOD_NAMES.get(run['method'], run['method'])
         label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1}{start_text(run)})'
-        acc[label][int(dim(run))].append(float(run['final_test_acc']))
+        acc[label][int(run.subspace_dim)].append(float(run['final_test_acc']))
     groups = {}
     for label, by_d in acc.items():
         rows = []
@@ -217,7 +199,7 @@ def trajectory_model(runs, state):
         return models.get_model(args.get('arch', 'resnet20'), num_classes, in_channels,
                                 family=utils.dataset_family(dataset))
     except ValueError as e:
-        raise utils.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +219,7 @@ def save(fig, opts, name):
     try:
         fig.savefig(path, dpi=opts.dpi, bbox_inches='tight')
     except OSError as e:
-        raise utils.UserError(f'cannot write {path}: {e.strerror or e}') from None
+        raise UserError(f'cannot write {path}: {e.strerror or e}') from None
     finally:
         plt.close(fig)
     print(path, flush=True)
@@ -294,11 +276,11 @@ def plot_spectrum(opts):
         basis = run.get('basis')
         if not isinstance(basis, dict) or not basis.get('explained_variance_ratio'):
             continue
-        start, end = snapshot_range(run)
-        key = (run['folder'], start, end, kind(run), seed(run) if not paper_kind(run) else None)
+        start, end = run.snapshot_range
+        key = (run['folder'], start, end, run.kind, run.seed if not paper_kind(run) else None)
         if key not in bases or len(basis['explained_variance_ratio']) > len(bases[key][1]):
             label = f'{kind_name(run)} basis of snapshots {start}..{end - 1}'
-            label += f', seed {seed(run)}' if key[-1] is not None else ''
+            label += f', seed {run.seed}' if key[-1] is not None else ''
             bases[key] = (label, basis['explained_variance_ratio'])
     if not bases:
         raise NoData(f'no subspace run with a basis in {", ".join(opts.dirs)}')
@@ -335,8 +317,8 @@ def plot_trajectory(opts):
     if opts.snapshots:
         start, end = opts.snapshots
     else:
-        dldr_runs = [r for r in runs if kind(r) and paper_kind(r)] or [r for r in runs if kind(r)]
-        start, end = snapshot_range(dldr_runs[0]) if dldr_runs else (0, numbered[-1] + 1 if numbered else 0)
+        dldr_runs = [r for r in runs if r.kind and paper_kind(r)] or [r for r in runs if r.kind]
+        start, end = dldr_runs[0].snapshot_range if dldr_runs else (0, numbered[-1] + 1 if numbered else 0)
     if end - start < 3 or not all(i in numbered for i in range(start, end)):
         raise NoData(f'trajectory needs snapshots {start}.pt .. {end - 1}.pt (at least 3) in {folder}; '
                      f'found {len(numbered)} numbered snapshots')
@@ -367,7 +349,7 @@ def plot_trajectory(opts):
         ax.annotate(str(later[-1]), pts[-1], textcoords='offset points', xytext=(5, 5), fontsize=8,
                     color='grey')
     for j, (run, (x, y)) in enumerate(zip(ends, extra_coords[len(later):])):
-        s = snapshot_range(run)[0]
+        s = run.snapshot_range[0]
         color = f'C{j % 9 + 1}'  # C0 is the trajectory
         ax.plot([x], [y], ('*', 'D', 's', '^', 'v', 'P', 'X')[j % 7], color=color, markersize=11,
                 label=f'final {run_label(run)}')
@@ -446,7 +428,7 @@ def plot_budget(opts):
     per_seed = [pipelines.seed_pipelines(sub) for sub in pipelines.seeds(folder)]
     per_seed = [p for p in per_seed if p]
     if not per_seed:
-        raise utils.UserError(f'no finished budget runs in {folder} (sgd_s*/metrics_sgd.json)')
+        raise UserError(f'no finished budget runs in {folder} (sgd_s*/metrics_sgd.json)')
     fig, ax = figure(figsize=(9, 5.5))
     colours = {}
     for i, found in enumerate(per_seed):
@@ -522,7 +504,7 @@ def main(argv=None):
     try:
         os.makedirs(opts.out, exist_ok=True)
     except OSError as e:
-        raise utils.UserError(f'cannot create --out {opts.out}: {e.strerror}') from None
+        raise UserError(f'cannot create --out {opts.out}: {e.strerror}') from None
     opts.saved = []
     PLOTTERS[opts.family](opts)
     if opts.logger:

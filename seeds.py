@@ -39,9 +39,10 @@ Why they differ:
   same noisy labels from the same ``--randomseed``.
 
 The numbers are the ones every earlier trajectory was written with: changing one changes runs.
+That is why four streams (``init``, ``data``, ``bn_mean_start``, ``subspace``) share the bare seed
+``s``: ``init`` must equal the reference scripts' ``torch.manual_seed(seed)`` (the same initial
+weights), and offsetting the other three now would change every run made so far.
 """
-import os
-
 import numpy as np
 import torch
 
@@ -78,13 +79,8 @@ def generator(stream, base, **kwargs):
     return torch.Generator().manual_seed(seed(stream, base, **kwargs))
 
 
-def seed_process(base, deterministic=False):
-    """Seed this process's global RNGs (the ``init`` stream) and pick the kernels."""
+def seed_process(base):
+    """Seed this process's global RNGs (torch and numpy) from the ``init`` stream; the kernels
+    (deterministic or cuDNN's autotuned) are :func:`distributed.choose_kernels`'s choice."""
     torch.manual_seed(seed('init', base))
     np.random.seed(seed('init', base) % 2**32)
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    else:
-        torch.backends.cudnn.benchmark = True

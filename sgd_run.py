@@ -25,7 +25,7 @@ import models
 import seeds
 import utils
 from run import Evaluation, Run, RunRecord
-from utils import UserError
+from errors import UserError
 
 # Learning-rate milestones (x0.1) as the reference; datasets it did not schedule decay at 50% and
 # 75% of --epochs.

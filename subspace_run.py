@@ -21,7 +21,7 @@ import engine
 import seeds
 import utils
 from run import Evaluation, Run, RunRecord, score_row
-from utils import UserError
+from errors import UserError
 
 
 # ---------------------------------------------------------------------------------------------

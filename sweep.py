@@ -31,7 +31,7 @@ import subspace_run
 import tracking
 import train_psgd
 import utils
-from utils import UserError
+from errors import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

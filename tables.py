@@ -46,6 +46,7 @@ import metrics
 import pipelines
 import utils
 from dldr import PBFGS
+from errors import UserError
 
 # ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
 # 0.9, 3 trials): method -> (dimension, mean, std) as printed in the paper.
@@ -85,7 +86,7 @@ def resnet8_table(folder):
             if run['method'] == 'sgd':
                 row, d = 'SGD', run['n_parameters']
             elif run['method'] == 'psgd':
-                row, d = KIND_ROWS.get(run.kind), run.dim
+                row, d = KIND_ROWS.get(run.kind), run.subspace_dim
             else:
                 continue
             acc.setdefault(row, []).append(run['final_test_acc'])
@@ -185,7 +186,6 @@ def vit_table(folder):
     (``folder``/finetune) and the subspace runs in the span of the fine-tuning snapshots."""
     lines = ['| stage | trainable dimension | epochs | final test acc | best test acc | minutes |',
              '| --- | ---: | ---: | ---: | ---: | ---: |']
-    names = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
     for sub, stage in (('train', 'trained from scratch'), ('finetune', 'then fine-tuned')):
         order = {'sgd': 0, 'pbfgs': 1, 'psgd': 2}
         for run in sorted(finished_runs(os.path.join(folder, sub)), key=lambda r: order[r['method']]):
@@ -193,10 +193,10 @@ def vit_table(folder):
                 name = f'{stage}: {run["args"]["optimizer"]}, lr {run["args"]["lr"]:g}'
             else:
                 b = run['basis']
-                name = (f'then {names[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
+                name = (f'then {metrics.METHOD_NAMES[run["method"]]} in the {b["kind"]} subspace of fine-tuning '
                         f'snapshots {b["snapshots"][0]}..{b["snapshots"][1] - 1}, from snapshot '
                         f'{run["args"]["params_start"]}')
-            lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | '
+            lines.append(f'| {name} | {run.n_trained:,} | {len(run["epochs"])} | '
                          f'{run["final_test_acc"]:.2f} | {run["best_test_acc"]:.2f} | '
                          f'{run["seconds"] / 60:.1f} |')
     return lines
@@ -376,14 +376,14 @@ def collect(runs_dir, dest):
     their relative paths; returns those paths.  Existing records of the same path are replaced;
     others in ``dest`` are left as they are."""
     if not os.path.isdir(runs_dir):
-        raise utils.UserError(f'no such folder: {runs_dir}')
+        raise UserError(f'no such folder: {runs_dir}')
     src, out = os.path.realpath(runs_dir), os.path.realpath(dest)
     paths = [p for p in record_paths(runs_dir)  # never the destination itself, if it lies inside
              if not os.path.realpath(os.path.join(runs_dir, p)).startswith(out + os.sep)]
     if src == out:
-        raise utils.UserError(f'{runs_dir}: the records are already there (give another destination)')
+        raise UserError(f'{runs_dir}: the records are already there (give another destination)')
     if not paths:
-        raise utils.UserError(f'no records under {runs_dir} (metrics_*.json, {", ".join(RECORD_NAMES)}): '
+        raise UserError(f'no records under {runs_dir} (metrics_*.json, {", ".join(RECORD_NAMES)}): '
                               f'has its recipe run?')
     for rel in paths:
         target = os.path.join(dest, rel)
@@ -421,14 +421,14 @@ def marked_tables(path):
         if line.startswith(MARKER_START):
             m = MARKER.match(line)
             if not m:
-                raise utils.UserError(f'{path}:{i + 1}: a table marker reads '
+                raise UserError(f'{path}:{i + 1}: a table marker reads '
                                       f'"<!-- table: NAME FOLDER -->", not {line.strip()!r}')
             if m['table'] not in TABLES:
-                raise utils.UserError(f'{path}:{i + 1}: no table {m["table"]!r} (tables: {", ".join(TABLES)})')
+                raise UserError(f'{path}:{i + 1}: no table {m["table"]!r} (tables: {", ".join(TABLES)})')
             end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == MARKER_END
                         or lines[j].startswith(MARKER_START)), None)
             if end is None or lines[end].startswith(MARKER_START):
-                raise utils.UserError(f'{path}:{i + 1}: table {m["table"]} has no {MARKER_END} line')
+                raise UserError(f'{path}:{i + 1}: table {m["table"]} has no {MARKER_END} line')
             found.append((m['table'], m['folder'], i + 1, end))
             i = end
         i += 1
@@ -448,7 +448,7 @@ def render_docs(root):
             try:
                 body = table_text(table, os.path.join(root, folder), shown=folder)
             except (KeyError, IndexError, TypeError, ValueError, StopIteration, ZeroDivisionError) as e:
-                raise utils.UserError(f'{os.path.relpath(path, root)}: table {table}: the records in '
+                raise UserError(f'{os.path.relpath(path, root)}: table {table}: the records in '
                                       f'{folder} do not make it ({type(e).__name__}: {e})')
             block = [''] + body + ['']
             if lines[start:end] != block:
@@ -534,7 +534,7 @@ def main(argv=None):
     args = parse_args(argv)
     recipe, runs = RECIPES[args.table]
     if not os.path.isdir(args.folder):
-        raise utils.UserError(f'no such folder: {args.folder} (bash run.sh {recipe} writes the runs of '
+        raise UserError(f'no such folder: {args.folder} (bash run.sh {recipe} writes the runs of '
                               f'this table into {runs})')
     if not has_metrics(args.folder):
         print(f'note: no metrics files under {args.folder} (bash run.sh {recipe} writes them into '

@@ -28,7 +28,7 @@ import netrc
 import os
 
 import utils
-from utils import UserError
+from errors import UserError
 
 LOGGERS = ('tensorboard', 'wandb')
 PACKAGES = {'tensorboard': 'tensorboard', 'wandb': 'wandb'}  # --logger value: module / pip name
@@ -53,13 +53,6 @@ class _LoggerAction(argparse.Action):
             if not found:
                 raise missing_package(name)
         setattr(namespace, self.dest, sorted(set(values), key=LOGGERS.index))
-
-
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
-    return value
 
 
 WANDB_PROJECT_FORBIDDEN = '/\\#?%:'  # (wandb.Settings refuses these, and names over 128 characters)
@@ -96,6 +89,7 @@ def check_log_dir(args):
 
 def add_tracking_args(p, steps=True):
     """``--logger``, ``--log-dir``, ``--wandb-project`` and (``steps``) ``--log-every``."""
+    from flags import positive_int  # (here: flags imports this module)
     a = p.add_argument
     a('--logger', nargs='+', default=[], choices=LOGGERS, action=_LoggerAction, metavar='NAME',
       help='experiment tracking: tensorboard and/or wandb (default: none). Logged: the arguments, '
@@ -109,7 +103,7 @@ def add_tracking_args(p, steps=True):
     a('--wandb-project', '--wandb_project', default='dldr', type=_wandb_project, metavar='NAME',
       help='W&B project')
     if steps:
-        a('--log-every', '--log_every', default=50, type=_positive_int, metavar='N',
+        a('--log-every', '--log_every', default=50, type=positive_int, metavar='N',
           help='with --logger: log the training loss (and lr) every N steps (x: the global '
                'iteration); the loss is read from the device only on those steps')
 

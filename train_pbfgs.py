@@ -19,7 +19,7 @@ import engine
 import flags
 import subspace_run
 from subspace_run import SubspaceRun
-from utils import UserError
+from errors import UserError
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ One module per comparison, run in this order:
    (``basis_worker``, its own entry point).
 5. ``s5_eval``: evaluation per image (engine.evaluate at the default evaluation batch) /
    training per image (engine.train_epoch at --batch-size).                            <= 0.45
-6. ``s6_distributed``: data parallel on the CPU (gloo, distributed.spawn_local): bytes all-reduced
+6. ``s6_distributed``: data parallel on the CPU (gloo, tests/scaffold.spawn_local): bytes all-reduced
    per P-SGD step (the d coordinates) / per DDP SGD step (the n-dim gradient)       <= 1.1 d/n
    and the P-SGD step of 2 ranks / 1 process at the same global batch                 <= 1.0
 7. ``s7_imagefolder``: ImageFolder loading (decode + augment of JPEG files, no model):

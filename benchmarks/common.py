@@ -13,7 +13,7 @@ import models
 import utils
 # Each engine name is imported by one module of benchmarks/ only (these three here; the others by
 # the one comparison using them), so moving a helper out of engine.py is a one-line change.
-from distributed import Context, CountingComm  # noqa: F401  (CountingComm: used by s6, s8)
+from distributed import Context
 from engine import grad_scaler, train_epoch
 
 MiB = 2**20

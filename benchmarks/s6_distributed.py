@@ -10,8 +10,8 @@ import torch
 import dldr
 import models
 import utils
-from benchmarks.common import CountingComm, ms, train_steps
-from distributed import spawn_local
+from benchmarks.common import ms, train_steps
+from tests.scaffold import CountingComm, spawn_local
 
 
 def dist_steps(context, opts):

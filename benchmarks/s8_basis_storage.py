@@ -1,5 +1,5 @@
 """8. The basis stored compactly (``--shard-basis``, ``--basis-dtype``, ``--basis-device``): per
-option, at 1 and 2 gloo ranks (distributed.spawn_local), the bytes of P each rank holds (the
+option, at 1 and 2 gloo ranks (tests/scaffold.spawn_local), the bytes of P each rank holds (the
 storage of its tensors) and the bytes a P-SGD and a P-BFGS step pass to the collectives (a
 counting Comm), both checked against their formulas; the P-SGD step time of each option relative
 to float32 P, interleaved in one run (on CUDA with P on the CPU too); and the memory table of P at
@@ -13,8 +13,9 @@ import dldr
 from engine import batch_closure
 import models
 import utils
-from benchmarks.common import CountingComm, interleave, ms, paired_ratio, secs, train_steps
-from distributed import Context, spawn_local
+from benchmarks.common import interleave, ms, paired_ratio, secs, train_steps
+from distributed import Context
+from tests.scaffold import CountingComm, spawn_local
 
 OPTIONS = (('float32', False, None), ('bf16', False, None), ('fp16', False, None),
            ('int8', False, None), ('float32', True, None), ('bf16', True, None))

@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory, synthetic):  # noqa: F811
     """0.pt .. 2.pt, checkpoints and metrics of a 2-epoch run (2 steps an epoch); copy it."""
     folder = tmp_path_factory.mktemp('bad_input') / 'run'
     mp = pytest.MonkeyPatch()
-    mp.setattr(utils, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))  # (a run subsets its copy)
+    mp.setattr(utils.loading, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))  # (a run subsets its copy)
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     torch.set_num_threads(1)
     try:

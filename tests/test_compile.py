@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 def aot_eager(monkeypatch):
     """--compile with the aot_eager backend; dynamo's caches cleared before and after."""
     torch._dynamo.reset()
-    monkeypatch.setattr(utils, 'compile_model', functools.partial(utils.compile_model, backend='aot_eager'))
+    monkeypatch.setattr(utils.model, 'compile_model', functools.partial(utils.compile_model, backend='aot_eager'))
     yield
     torch._dynamo.reset()
 
@@ -97,7 +97,7 @@ def test_a_model_that_does_not_compile_runs_eager_after_one_warning(tmp_path, ca
         raise RuntimeError('this backend cannot compile anything')
 
     torch._dynamo.reset()
-    monkeypatch.setattr(utils, 'compile_model', functools.partial(utils.compile_model, backend=broken))
+    monkeypatch.setattr(utils.model, 'compile_model', functools.partial(utils.compile_model, backend=broken))
     args = [a for a in SGD_ARGS if not a.startswith('--epochs')] + ['--epochs', '1']
     code, out, err = in_process(capsys, 'train_sgd', *args, '--save-dir', tmp_path, '--compile')
     torch._dynamo.reset()

@@ -1,6 +1,6 @@
 """Data-parallel runs on the CPU with gloo: 2 ranks against 1 process.
 
-The method-level checks share one spawn of 2 processes (distributed.spawn_local, file:// rendezvous):
+The method-level checks share one spawn of 2 processes (scaffold.spawn_local, file:// rendezvous):
 P-SGD and P-BFGS on a BatchNorm-free model, 2 ranks x b/2 against 1 process x b on the same
 global batches (utils.DeviceLoader cuts them); the bytes every step all-reduces, counted by
 wrapping the one communicator; the sharded basis against the 1-process basis; P-SGD and P-BFGS with
@@ -26,6 +26,7 @@ import dldr
 import engine
 import utils
 from helpers import ROOT
+from scaffold import CountingComm, spawn_local
 
 D, BATCH, STEPS = 5, 16, 6
 
@@ -69,7 +70,7 @@ def make_subspace(P, comm, shard):
 def psgd_run(context, shard=False):
     model = small_net()
     params = dldr.trainable_params(model)
-    comm = distributed.CountingComm(context.comm)
+    comm = CountingComm(context.comm)
     subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 1), comm, shard)
     optimizer = torch.optim.SGD(params, lr=0.5, momentum=0.9)
     for x, y in batches(context):
@@ -83,7 +84,7 @@ def psgd_run(context, shard=False):
 def pbfgs_run(context, shard=False, **options):
     model = small_net()
     params = dldr.trainable_params(model)
-    comm = distributed.CountingComm(context.comm)
+    comm = CountingComm(context.comm)
     subspace = make_subspace(orthonormal_rows(D, dldr.flat_params(params).numel(), 2), comm, shard)
     optimizer = dldr.PBFGS(params, subspace, comm=comm, **options)
     decisions = []  # per step: (trials so far, sum of accepted step sizes so far)
@@ -138,7 +139,7 @@ PBFGS_OPTIONS = dict(alpha=0.05, curvature_pairs='same-batch')
 @pytest.fixture(scope='module')
 def runs():
     single = all_runs(distributed.Context(torch.device('cpu')))
-    pair = distributed.spawn_local(all_runs, 2)
+    pair = spawn_local(all_runs, 2)
     return single, pair
 
 

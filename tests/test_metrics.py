@@ -42,7 +42,7 @@ def test_record_methods_and_finished_flag(tmp_path):
     m = metrics.load(str(path))
     assert m['finished'] is True and m.finished and metrics.finished(str(path))
     assert (m.final_test_acc, m['best_test_acc'], m['seconds']) == (5.0, 10.0, 3.5)
-    assert (m.method, m.kind, m.dim, m.seed, m.snapshot_range, m['tag']) == (
+    assert (m.method, m.kind, m.subspace_dim, m.seed, m.snapshot_range, m['tag']) == (
         'psgd', 'random', 3, 1, (0, 4), 'psgd_random_s1_d3_0-4')
     assert sweep.finished(str(path)) == 5.0
 

@@ -377,8 +377,9 @@ def ddp_run(context):
 
 def test_ddp_two_gloo_ranks_equal_one_process():
     import distributed
+    from scaffold import spawn_local
     single = ddp_run(distributed.Context(torch.device('cpu')))
-    rank0, rank1 = distributed.spawn_local(ddp_run, 2)
+    rank0, rank1 = spawn_local(ddp_run, 2)
     w0 = dldr.flat_params(dldr.trainable_params(tiny_net()))
     for kind in ('psgd', 'pbfgs'):
         assert torch.equal(rank0[kind], rank1[kind])

@@ -94,7 +94,7 @@ class InProcessCLI:
 
 @pytest.fixture
 def cli(capsys, monkeypatch, synthetic):
-    monkeypatch.setattr(utils, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))
+    monkeypatch.setattr(utils.loading, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))
     # main() seeds the global RNGs and may switch on deterministic algorithms: give them back
     torch_rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
     deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
