@@ -283,7 +283,7 @@ def test_sweep_passes_the_flags_on(tmp_path):
     import train_psgd
     child = train_psgd.parse_args(argv)
     assert (child.logger, child.log_every, child.log_dir, child.wandb_project) == \
-        (['tensorboard'], 3, None, 'dldr')
+        (('tensorboard',), 3, None, 'dldr')  # (lists are frozen to tuples)
 
 
 def test_sweep_help_names_the_tracking_flags_and_a_bad_logger_is_one_error_line(capsys):
