@@ -2,10 +2,10 @@
 frozen settings, the process context, data, model, loaders, the metrics record and the tracker —
 and does what every script does at the end of an epoch and of the run.
 
-    run = SGDRun.start(config)                    # sgd_run.py; SubspaceRun.start: subspace_run.py
+    run = SubspaceRun.start_run(config, 'psgd')   # subspace_run.py; sgd_run.SGDRun.start_run(config)
     for epoch in run.epochs():
-        train = engine.train_epoch(...)
-        run.end_epoch(epoch + 1, train, run.evaluate(epoch), ...)
+        train = engine.train_epoch(run.model, run.train_loader, optimizer, run.context, ...)
+        run.end_epoch(epoch + 1, train, run.evaluate(epoch), train_seconds=...)
     run.finish()
 
 :class:`RunRecord` is the metrics JSON; the run is its only writer and ``metrics.py`` its only
@@ -153,8 +153,8 @@ class Run:
     """A training run: what the script set up, the record it writes and the tracker it logs to.
 
     Subclasses (``sgd_run.SGDRun``, ``subspace_run.SubspaceRun``) add their state and build
-    themselves in ``start(config)``; the scripts then only loop and call :meth:`end_epoch` and
-    :meth:`finish`."""
+    themselves in ``start_run(config, ...)``; the scripts then only loop and call
+    :meth:`end_epoch` and :meth:`finish`."""
     config: Any  # the frozen settings (flags.freeze)
     context: Context
     method: str  # 'sgd', 'psgd', 'pbfgs'
