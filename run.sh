@@ -18,9 +18,9 @@
 #   DATA=/path/to/cifar bash run.sh pbfgs-batch
 #                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024
 #   DATA=/path/to/cifar bash run.sh noise
-#                            label noise 20% and 40% (ResNet8, 20k images, no augmentation; every
-#                            redrawn label wrong: --noise-model wrong, NOISE_MODEL=uniform for the
-#                            reference's model): SGD 30
+#                            label noise 20% and 40% (ResNet8, 20k images, no augmentation; the
+#                            reference's noise model, labels redrawn from all classes;
+#                            NOISE_MODEL=wrong for always-wrong labels): SGD 30
 #                            epochs, long enough to memorise wrong labels, P-BFGS / P-SGD from the
 #                            snapshots before the decay
 #                            -> table and noise figure in runs/noise
@@ -221,10 +221,10 @@ noise() {
     # SGD 30 epochs (x0.1 after 15 and 25: after the first decay SGD memorises the wrong labels,
     # training accuracy rising, test accuracy falling); P-BFGS (batch 256: 79 steps an epoch, see
     # pbfgs-batch) and P-SGD in the 15-D subspace of snapshots 0..15 (up to the decay), 3 epochs each.
-    # --noise-model wrong (every redrawn label another class), the model of the table in
-    # docs/RESULTS.md; NOISE_MODEL=uniform for the reference's (about 1/10 keep their class), in
-    # a folder of its own (runs/noise_uniform).
-    local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4} nm=${NOISE_MODEL:-wrong}
+    # The reference's noise model (--noise-model uniform: about 1/10 of the redrawn labels keep
+    # their class), the table in docs/RESULTS.md; NOISE_MODEL=wrong (every redrawn label another
+    # class) in a folder of its own (runs/noise_wrong).
+    local dir common e m end d pe pm levels=${LEVELS:-0.2 0.4} nm=${NOISE_MODEL:-uniform}
     if [ "${SIZE:-full}" = ci ]; then
         dir=runs/noise_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 --no-augment --noise-model $nm -p 0"
         e=6 m="3 5" end=4 d=3 pe=2 pm=1
@@ -232,7 +232,7 @@ noise() {
         dir=runs/noise common="--datasets CIFAR10 --data-dir ${DATA:-./data} --smalldatasets 0.4 --arch resnet8 --no-augment --noise-model $nm -p 100"
         e=30 m="15 25" end=16 d=15 pe=3 pm=2
     fi
-    [ "$nm" = wrong ] || dir+="_$nm"
+    [ "$nm" = uniform ] || dir+="_$nm"
     mkdir -p "$dir"
     for c in $levels; do
         local run="$dir/c$c"
