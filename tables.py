@@ -356,14 +356,17 @@ def demo_table(folder):
     ``final_test_acc`` and ``best_test_acc`` are measured with the BatchNorm running statistics
     that training left (the reference's metric); ``final_test_acc_bn`` with the statistics
     re-estimated on ``bn_update_batches`` training batches (the subspace runs' ``--bn-update``);
-    epoch 1's test accuracy both ways; the basis's explained variance (first component / all
-    d); P-BFGS's line-search trials per step over the run."""
+    epoch 1's test accuracy both ways; the share of the trajectory's variance that the basis's
+    first component explains, and how many components explain 99 %; P-BFGS's line-search
+    trials per step over the run; the run's wall-clock and CPU seconds (``seconds``, its last
+    row's ``process_seconds``)."""
     runs = sorted(finished_runs(folder), key=lambda r: METHOD_ORDER.get(r['method'], len(METHOD_ORDER)))
     sgd = next((r['final_test_acc'] for r in runs if r['method'] == 'sgd'), None)
     lines = ['| method | dimension | epochs | final test acc | final test acc, statistics re-estimated '
              '(batches × size) | best test acc | final − SGD final (points) | epoch 1 test acc, running / '
-             're-estimated | explained variance, first / all d | trials per step | seconds |',
-             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+             're-estimated | variance explained by the first component | components for 99 % of it | '
+             'trials per step | seconds | CPU seconds |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     for run in runs:
         name, first = metrics.METHOD_NAMES.get(run['method'], run['method']), run['epochs'][0]
         bn = run.get('final_test_acc_bn')
@@ -371,12 +374,15 @@ def demo_table(folder):
         gap = '' if run['method'] == 'sgd' or sgd is None else f'{run["final_test_acc"] - sgd:+.2f}'
         first_text = acc_text(first['test_acc']) + (f' / {acc_text(first["test_acc_bn"])}'
                                                     if first.get('test_acc_bn') is not None else '')
-        ratios = (run.get('basis') or {}).get('explained_variance_ratio')
-        variance = f'{ratios[0]:.3f} / {sum(ratios):.3f}' if ratios else ''
+        ratios = (run.get('basis') or {}).get('explained_variance_ratio') or []
+        cumulative = [sum(ratios[:k + 1]) for k in range(len(ratios))]
+        variance = (f'{ratios[0]:.3f} | {next((k + 1 for k, c in enumerate(cumulative) if c >= 0.99), "-")}'
+                    if ratios else ' | ')
         trials = f'{mean_trials(run):.2f}' if run['method'] == 'pbfgs' else ''
+        cpu = run['epochs'][-1].get('process_seconds')
         lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | {acc_text(run["final_test_acc"])} | '
                      f'{bn_text} | {acc_text(run["best_test_acc"])} | {gap} | {first_text} | {variance} | '
-                     f'{trials} | {run["seconds"]:.0f} |')
+                     f'{trials} | {run["seconds"]:.0f} | {"-" if cpu is None else f"{cpu:.0f}"} |')
     return lines
 
 

@@ -122,9 +122,9 @@ def test_demo_table_both_statistics_the_gap_to_sgd_and_the_trials(tmp_path):
     the running statistics, the re-estimated one with its batches, epoch 1 both ways, the
     basis's explained variance, P-BFGS's trials per step over the run."""
     basis = {'kind': 'dldr', 'n_components': 10, 'snapshots': [0, 11],
-             'explained_variance_ratio': [0.8, 0.12, 0.03]}
+             'explained_variance_ratio': [0.8, 0.12, 0.06, 0.015, 0.005]}
     write_run(tmp_path / 'metrics_sgd.json', 'sgd', 88.0, best=89.0, n_parameters=269_722,
-              epochs=[{'epoch': 1, 'test_acc': 50.0}, {'epoch': 2, 'test_acc': 88.0}])
+              epochs=[{'epoch': 1, 'test_acc': 50.0}, {'epoch': 2, 'test_acc': 88.0, 'process_seconds': 61.4}])
     write_run(tmp_path / 'metrics_psgd_d10_0-11.json', 'psgd', 87.5, basis=basis,
               epochs=[{'epoch': 1, 'test_acc': 60.0, 'test_acc_bn': 70.0}, {'epoch': 2, 'test_acc': 87.5}],
               extra={'final_test_acc_bn': 88.25, 'bn_update_batches': 16})
@@ -133,11 +133,14 @@ def test_demo_table_both_statistics_the_gap_to_sgd_and_the_trials(tmp_path):
               extra={'final_test_acc_bn': 89.5, 'bn_update_batches': 8})
     lines = tables.demo_table(str(tmp_path))
     assert len(lines) == 5 and lines[0].startswith('| method | dimension | epochs | final test acc |')
-    assert lines[2] == '| SGD | 269,722 | 2 | 88.00 | - | 89.00 |  | 50.00 |  |  | 120 |'
-    # 87.5 - 88.0; explained variance 0.8 of the first component, 0.95 of the three
-    assert lines[3] == '| P-SGD | 10 | 2 | 87.50 | 88.25 (16 × 128) | 87.50 | -0.50 | 60.00 / 70.00 | 0.800 / 0.950 |  | 120 |'
+    # seconds: the run's (120); CPU seconds: its last row's process_seconds (none recorded: -)
+    assert lines[2] == '| SGD | 269,722 | 2 | 88.00 | - | 89.00 |  | 50.00 |  |  |  | 120 | 61 |'
+    # 87.5 - 88.0; the first component explains 0.8, four reach 0.8 + 0.12 + 0.06 + 0.015 = 0.995
+    assert lines[3] == ('| P-SGD | 10 | 2 | 87.50 | 88.25 (16 × 128) | 87.50 | -0.50 | 60.00 / 70.00 | 0.800 | 4 '
+                        '|  | 120 | - |')
     # trials per step (40 + 30) / (20 + 20) = 1.75
-    assert lines[4] == '| P-BFGS | 10 | 2 | 89.00 | 89.50 (8 × 256) | 89.00 | +1.00 | 24.00 / 85.95 | 0.800 / 0.950 | 1.75 | 120 |'
+    assert lines[4] == ('| P-BFGS | 10 | 2 | 89.00 | 89.50 (8 × 256) | 89.00 | +1.00 | 24.00 / 85.95 | 0.800 | 4 '
+                        '| 1.75 | 120 | - |')
 
 
 def evaluate_log(path, running, reestimated=None, batches=None, note=''):
