@@ -7,7 +7,12 @@
 #                            from the first 50 and the first 100 epochs' snapshots
 #   bash run.sh demo         the whole sequence on the offline synthetic dataset, on a CPU in a few
 #                            minutes, ending with a table of results
-#                            and figures (plot.py) in runs/demo
+#                            and figures (plot.py) in runs/demo (OUT sets the folder)
+#   bash run.sh pbfgs-bn     P-BFGS at batch 1024 and 256 on synthetic data, its test accuracy with
+#                            the BatchNorm running statistics and re-estimated on N batches (-e)
+#                            -> tables.py pbfgs-bn, in runs/pbfgs_bn (CPU, minutes)
+#   bash run.sh torchrun     one process against 2 ranks under torchrun (gloo, CPU) on synthetic
+#                            data -> tables.py torchrun, in runs/torchrun (CPU, minutes)
 #   bash run.sh sweep        the dimension sweep (sweep.py) at CI size on synthetic data: dldr, twa,
 #                            random, fastfood at d = 2, 4, 6 -> table and figure in runs/sweep
 #   DATA=/path/to/cifar bash run.sh resnet8
@@ -112,15 +117,61 @@ imagenet() {  # $1: imagenet or finetune
 demo() {
     # ResNet20 on 5,000 synthetic images: 10 SGD epochs sample 11 snapshots (0..10), then 10-D
     # subspace training from snapshot 0 (P-SGD: 4 epochs, lr x0.1 after the 3rd; P-BFGS: 3 epochs
-    # of batch 256, 20 steps each).  runs/demo is the demo's own folder: it is replaced.
-    local dir=runs/demo common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0 --overwrite"
-    mkdir -p runs
-    $py train_sgd.py $common --lr 0.1 --epochs 10 --save-dir $dir "$@" |& tee runs/demo.log
-    $py train_psgd.py $common --lr 1 --epochs 4 --lr-milestones 3 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
-    $py train_pbfgs.py $common --epochs 3 --batch-size 256 --params_start 0 --params_end 11 --n_components 10 --save-dir $dir "$@" |& tee -a runs/demo.log
+    # of batch 256, 20 steps each).  runs/demo (OUT sets another) is the demo's own folder: it is
+    # replaced; its log is $dir.log.
+    local dir=${OUT:-runs/demo} common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0 --overwrite"
+    local log="${dir%/}.log"
+    mkdir -p "$(dirname "$dir")"
+    $py train_sgd.py $common --lr 0.1 --epochs 10 --save-dir "$dir" "$@" |& tee "$log"
+    $py train_psgd.py $common --lr 1 --epochs 4 --lr-milestones 3 --params_start 0 --params_end 11 --n_components 10 --save-dir "$dir" "$@" |& tee -a "$log"
+    $py train_pbfgs.py $common --epochs 3 --batch-size 256 --params_start 0 --params_end 11 --n_components 10 --save-dir "$dir" "$@" |& tee -a "$log"
     python metrics.py table "$dir"
     echo "figures (plot.py):"
-    python plot.py all "$dir" --out "$dir" |& tee -a runs/demo.log
+    python plot.py all "$dir" --out "$dir" |& tee -a "$log"
+}
+
+pbfgs_bn() {
+    # P-BFGS at the reference's batch 1024 and BatchNorm statistics (docs/RESULTS.md, issue 11):
+    # ResNet20 on the synthetic dataset, SGD 8 epochs (snapshots 0..8), then 8-D P-BFGS from
+    # snapshot 0, 3 epochs at batch 1024 (in $dir) and at 256 (in $dir/b256), measured with the
+    # running statistics only (--bn-update 0); then each saved model evaluated (-e) with the
+    # statistics re-estimated on N batches of 256, its stdout kept as $folder/evaluate_b256_n<N>.log
+    # (a record tables.py reads).  OUT sets the folder (default runs/pbfgs_bn); its runs are replaced.
+    local dir=${OUT:-runs/pbfgs_bn} common="--datasets synthetic --arch resnet20 --overwrite"
+    local sub="--params_start 0 --params_end 9 --n_components 8" d n
+    mkdir -p "$dir/b256"
+    $py train_sgd.py $common --epochs 8 --lr 0.1 -p 0 --save-dir "$dir" "$@" |& tee "$dir/log"
+    $py train_pbfgs.py $common --epochs 3 --batch-size 1024 $sub -p 0 --bn-update 0 --save-dir "$dir" "$@" |& tee -a "$dir/log"
+    $py train_pbfgs.py $common --epochs 3 --batch-size 256 $sub -p 0 --bn-update 0 --pretrain-dir "$dir" --save-dir "$dir/b256" "$@" |& tee -a "$dir/log"
+    for d in "$dir" "$dir/b256"; do
+        for n in 0 1 2 5 10 20 40; do
+            $py train_pbfgs.py -e --datasets synthetic --arch resnet20 --batch-size 256 $sub --save-dir "$d" --bn-update $n "$@" |& tee "$d/evaluate_b256_n$n.log"
+        done
+    done
+    python tables.py pbfgs-bn "$dir"
+}
+
+torchrun_study() {
+    # One process against 2 processes under torchrun (gloo, CPU; docs/RESULTS.md): ResNet20 on
+    # 5,000 synthetic images, SGD 6 epochs (snapshots 0..6), 6-D P-SGD 3 epochs (lr 1, x0.1 after
+    # 2) and P-BFGS 3 epochs of batch 256 from snapshot 0, the same global batches once in one
+    # process ($dir/one) and once as 2 ranks ($dir/two); then the subspace phase alone as 2 ranks
+    # on the one-process trajectory ($dir/two_on_one).  OUT sets the folder (default runs/torchrun);
+    # its runs are replaced.
+    local dir=${OUT:-runs/torchrun} common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0 --device cpu --overwrite"
+    local psgd="--lr 1 --epochs 3 --lr-milestones 2 --params_start 0 --params_end 7 --n_components 6"
+    local pbfgs="--epochs 3 --batch-size 256 --params_start 0 --params_end 7 --n_components 6"
+    local two="torchrun --standalone --nproc_per_node 2" launch save
+    mkdir -p "$dir"
+    for launch in "$py" "$two"; do
+        save=$dir/one; [ "$launch" = "$two" ] && save=$dir/two
+        $launch train_sgd.py $common --lr 0.1 --epochs 6 --save-dir "$save" "$@" |& tee -a "$dir/log"
+        $launch train_psgd.py $common $psgd --save-dir "$save" "$@" |& tee -a "$dir/log"
+        $launch train_pbfgs.py $common $pbfgs --save-dir "$save" "$@" |& tee -a "$dir/log"
+    done
+    $two train_psgd.py $common $psgd --pretrain-dir "$dir/one" --save-dir "$dir/two_on_one" "$@" |& tee -a "$dir/log"
+    $two train_pbfgs.py $common $pbfgs --pretrain-dir "$dir/one" --save-dir "$dir/two_on_one" "$@" |& tee -a "$dir/log"
+    python tables.py torchrun "$dir"
 }
 
 sweep() {
@@ -454,6 +505,8 @@ case "$mode" in
     labelnoise) cifar10 "${C:-0.2}" "$@" ;;
     cifar100) cifar100 "$@" ;;
     demo) demo "$@" ;;
+    pbfgs-bn) pbfgs_bn "$@" ;;
+    torchrun) torchrun_study "$@" ;;
     sweep) sweep "$@" ;;
     resnet8) resnet8 "$@" ;;
     pbfgs-batch) pbfgs_batch "$@" ;;
@@ -464,5 +517,5 @@ case "$mode" in
     gpu-headline) gpu_headline "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|sweep|resnet8|pbfgs-batch|noise|vit|budget|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|pbfgs-bn|torchrun|sweep|resnet8|pbfgs-batch|noise|vit|budget|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

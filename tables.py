@@ -7,6 +7,9 @@
     python tables.py budget runs/budget            # SGD's accuracy from fewer SGD epochs, timed (bash run.sh budget)
     python tables.py improve runs/budget           # a trained model improved (bash run.sh budget)
     python tables.py gpu-headline runs/gpu_headline  # ResNet20: SGD 80, P-BFGS, SGD 150 (bash run.sh gpu-headline)
+    python tables.py demo runs/demo                # the demo: SGD, P-SGD, P-BFGS on synthetic data (bash run.sh demo)
+    python tables.py pbfgs-bn runs/pbfgs_bn        # P-BFGS at batch 1024 / 256, BatchNorm statistics (bash run.sh pbfgs-bn)
+    python tables.py torchrun runs/torchrun        # one process against 2 ranks under torchrun (bash run.sh torchrun)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
 SGD trajectory: ``sgd_s<seed>`` for resnet8 and gpu-headline, ``c<level>`` for noise), prints a
@@ -20,7 +23,8 @@ The tables in the docs are generated from committed records (provenance):
     python tables.py docs --check                           # exit 1 where the docs differ
 
 ``collect`` copies only the records of a recipe's folder (every ``metrics_*.json``, and
-``label_noise.json`` / ``sweep.json``; no checkpoint), keeping the relative paths, so
+``label_noise.json`` / ``sweep.json`` / the ``-e`` logs ``evaluate_b<B>_n<N>.log``; no
+checkpoint), keeping the relative paths, so
 ``docs/runs/<table>/`` mirrors the folder the recipe wrote.  In README.md and docs/*.md a table
 generated from them sits between two markers,
 
@@ -333,19 +337,173 @@ def gpu_headline_table(folder):
     return lines
 
 
+METHOD_ORDER = {'sgd': 0, 'psgd': 1, 'pbfgs': 2}
+
+
+def acc_text(value):
+    """An accuracy as the tables print it; '-' where the run did not measure it."""
+    return '-' if value is None else f'{value:.2f}'
+
+
+def mean_trials(run):
+    """P-BFGS's line-search trials per step over a whole run (epochs weighted by their steps)."""
+    rows = [pbfgs_counters(r) for r in run['epochs']]
+    return PBFGS.summarise({k: sum(c[k] for c in rows) for k in rows[0]})['mean_trials']
+
+
+def demo_table(folder):
+    """Rows of the demo table (bash run.sh demo) from the runs in ``folder``: SGD, P-SGD, P-BFGS.
+    ``final_test_acc`` and ``best_test_acc`` are measured with the BatchNorm running statistics
+    that training left (the reference's metric); ``final_test_acc_bn`` with the statistics
+    re-estimated on ``bn_update_batches`` training batches (the subspace runs' ``--bn-update``);
+    epoch 1's test accuracy both ways; the share of the trajectory's variance that the basis's
+    first component explains, and how many components explain 99 %; P-BFGS's line-search
+    trials per step over the run; the run's wall-clock and CPU seconds (``seconds``, its last
+    row's ``process_seconds``)."""
+    runs = sorted(finished_runs(folder), key=lambda r: METHOD_ORDER.get(r['method'], len(METHOD_ORDER)))
+    sgd = next((r['final_test_acc'] for r in runs if r['method'] == 'sgd'), None)
+    lines = ['| method | dimension | epochs | final test acc | final test acc, statistics re-estimated '
+             '(batches × size) | best test acc | final − SGD final (points) | epoch 1 test acc, running / '
+             're-estimated | variance explained by the first component | components for 99 % of it | '
+             'trials per step | seconds | CPU seconds |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for run in runs:
+        name, first = metrics.METHOD_NAMES.get(run['method'], run['method']), run['epochs'][0]
+        bn = run.get('final_test_acc_bn')
+        bn_text = '-' if bn is None else f'{bn:.2f} ({run["bn_update_batches"]} × {run["args"]["batch_size"]})'
+        gap = '' if run['method'] == 'sgd' or sgd is None else f'{run["final_test_acc"] - sgd:+.2f}'
+        first_text = acc_text(first['test_acc']) + (f' / {acc_text(first["test_acc_bn"])}'
+                                                    if first.get('test_acc_bn') is not None else '')
+        ratios = (run.get('basis') or {}).get('explained_variance_ratio') or []
+        cumulative = [sum(ratios[:k + 1]) for k in range(len(ratios))]
+        variance = (f'{ratios[0]:.3f} | {next((k + 1 for k, c in enumerate(cumulative) if c >= 0.99), "-")}'
+                    if ratios else ' | ')
+        trials = f'{mean_trials(run):.2f}' if run['method'] == 'pbfgs' else ''
+        cpu = run['epochs'][-1].get('process_seconds')
+        lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | {acc_text(run["final_test_acc"])} | '
+                     f'{bn_text} | {acc_text(run["best_test_acc"])} | {gap} | {first_text} | {variance} | '
+                     f'{trials} | {run["seconds"]:.0f} | {"-" if cpu is None else f"{cpu:.0f}"} |')
+    return lines
+
+
+EVALUATE_LOG = re.compile(r'^evaluate_b(?P<batch>\d+)_n\d+\.log$')
+EVALUATE_LINE = re.compile(r': test loss \S+ acc +(?P<acc>[\d.]+)%.*\((?:BatchNorm running statistics|'
+                           r'BatchNorm statistics re-estimated on (?P<n>\d+) training batch(?:es)?)\)\s*$')
+
+
+def evaluations(folder):
+    """{(batch size, N): test acc} of the ``-e`` logs in ``folder`` (``evaluate_b<B>_n<N>.log``,
+    the stdout of ``train_pbfgs.py -e --batch-size B --bn-update N``): the saved model with its
+    statistics re-estimated on N training batches of B, N as the run reports it (0: the running
+    statistics)."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(folder, 'evaluate_b*_n*.log'))):
+        m = EVALUATE_LOG.match(os.path.basename(path))
+        if not m:
+            continue
+        for line in open(path, encoding='utf-8'):
+            e = EVALUATE_LINE.search(line)
+            if e and e['n'] is not None:
+                found[(int(m['batch']), int(e['n']))] = float(e['acc'])
+    return found
+
+
+def run_folders(folder):
+    """``folder`` and its sub-folders that hold metrics files, in order."""
+    return sorted({os.path.dirname(p) for p in glob.glob(os.path.join(folder, '**', 'metrics_*.json'),
+                                                         recursive=True)})
+
+
+def pbfgs_bn_table(folder):
+    """Rows of the BatchNorm-statistics table (bash run.sh pbfgs-bn) from ``folder``: the SGD
+    trajectory, then every P-BFGS run under ``folder`` by batch size (largest first), with its
+    steps, the training accuracy of its last epoch, ``final_test_acc`` (the running BatchNorm
+    statistics, the reference's metric) and the test accuracy of its saved model with the
+    statistics re-estimated on N training batches of B, from the ``-e`` logs beside it
+    (:func:`evaluations`)."""
+    lines = ['| run | batch | epochs | steps | training acc, last epoch | test acc, running statistics | '
+             'test acc, statistics re-estimated on N batches of B (`-e --bn-update N`) |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | --- |']
+    runs = [r for sub in run_folders(folder) for r in finished_runs(sub)]
+    for run in sorted(runs, key=lambda r: (METHOD_ORDER.get(r['method'], 3), -r['args']['batch_size'])):
+        ep, batch = run['epochs'], run['args']['batch_size']
+        if run['method'] == 'sgd':
+            name, steps, reestimated = 'SGD (the trajectory)', '-', ''
+        elif run['method'] == 'pbfgs':
+            d, (start, end) = run.dim, run.snapshot_range
+            name = f'P-BFGS, d = {d} from snapshots {start}..{end - 1}, from snapshot {run["args"].get("train_start", 0)}'
+            steps = sum(r['steps'] for r in ep)
+            found = evaluations(run["folder"])
+            reestimated = '; '.join(
+                f'B = {b}: ' + ', '.join(f'{"N = " * (i == 0)}{n}: {found[(b, n)]:.2f}'
+                                         for i, n in enumerate(sorted(n for bb, n in found if bb == b)))
+                for b in sorted({b for b, _ in found}))
+        else:
+            continue
+        lines.append(f'| {name} | {batch} | {len(ep)} | {steps} | {ep[-1]["train_acc"]:.2f} | '
+                     f'{acc_text(run["final_test_acc"])} | {reestimated or "-"} |')
+    return lines
+
+
+def torchrun_table(folder):
+    """Rows of the one-process / torchrun table (bash run.sh torchrun), one per sub-folder of
+    ``folder`` holding runs (``one``, ``two``, ``two_on_one``): the world size, whether the folder
+    holds the whole sequence or only a subspace phase on another folder's trajectory, and each
+    method's ``final_test_acc`` (the running BatchNorm statistics, averaged over the ranks before
+    evaluation) and, for the subspace runs, ``final_test_acc_bn`` (re-estimated on
+    ``bn_update_batches`` training batches)."""
+    found = {}
+    for sub in sorted(glob.glob(os.path.join(folder, '*', ''))):
+        runs = {r['method']: r for r in finished_runs(sub)}
+        if runs:
+            found[os.path.basename(os.path.dirname(sub))] = runs
+    first = {m: next((runs[m] for runs in found.values() if m in runs), None) for m in METHOD_ORDER}
+    head = {'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'}
+    for m, run in first.items():
+        if run is not None:
+            head[m] += (f' ({len(run["epochs"])} epochs, batch {run["args"]["batch_size"]})' if m == 'sgd' else
+                        f' (d = {run.dim}, {len(run["epochs"])} epochs, batch {run["args"]["batch_size"]})')
+    lines = [f'| run | {head["sgd"]} | {head["psgd"]} | {head["psgd"].split(" (")[0]}, re-estimated | '
+             f'{head["pbfgs"]} | {head["pbfgs"].split(" (")[0]}, re-estimated |',
+             '| --- | ---: | ---: | ---: | ---: | ---: |']
+
+    def world(runs):
+        n = max(r.get('world_size', 1) for r in runs.values())
+        return '1 process' if n == 1 else f'{n} ranks'
+
+    rows = []
+    for name, runs in found.items():
+        if 'sgd' in runs:
+            label = f'{world(runs)}, whole sequence'
+        else:
+            basis = next(r['basis'] for r in runs.values() if r.get('basis'))
+            origin = os.path.basename(os.path.normpath(basis.get('folder', '')))
+            label = (f'{world(runs)}, subspace phase on the '
+                     f'{world(found[origin]) + " " if origin in found else ""}trajectory ({origin})')
+        cells = [acc_text(runs['sgd']['final_test_acc']) if 'sgd' in runs else '-']
+        for m in ('psgd', 'pbfgs'):
+            cells += ([acc_text(runs[m]['final_test_acc']), acc_text(runs[m].get('final_test_acc_bn'))]
+                      if m in runs else ['-', '-'])
+        rows.append(('sgd' not in runs, max(r.get('world_size', 1) for r in runs.values()),
+                     f'| {label} | ' + ' | '.join(cells) + ' |'))
+    return lines + [row for *_, row in sorted(rows)]
+
+
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
           'vit': vit_table, 'budget': budget_table, 'improve': improve_table,
-          'gpu-headline': gpu_headline_table}
+          'gpu-headline': gpu_headline_table, 'demo': demo_table, 'pbfgs-bn': pbfgs_bn_table,
+          'torchrun': torchrun_table}
 # table -> (the run.sh recipe that makes its runs, the folder the recipe writes them into)
 RECIPES = {'resnet8': ('resnet8', 'runs/resnet8'), 'noise': ('noise', 'runs/noise'),
            'pbfgs-batch': ('pbfgs-batch', 'runs/resnet8'), 'vit': ('vit', 'runs/vit'),
            'budget': ('budget', 'runs/budget'), 'improve': ('budget', 'runs/budget'),
-           'gpu-headline': ('gpu-headline', 'runs/gpu_headline')}
+           'gpu-headline': ('gpu-headline', 'runs/gpu_headline'), 'demo': ('demo', 'runs/demo'),
+           'pbfgs-bn': ('pbfgs-bn', 'runs/pbfgs_bn'), 'torchrun': ('torchrun', 'runs/torchrun')}
 
 # ---------------------------------------------------------------------------------------------
 # Provenance: the records of the docs' tables (docs/runs/<table>/) and the tables between markers.
 # ---------------------------------------------------------------------------------------------
-RECORD_NAMES = ('label_noise.json', 'sweep.json')  # besides every metrics_*.json
+RECORD_NAMES = ('label_noise.json', 'sweep.json')  # besides every metrics_*.json and -e log
 MARKER = re.compile(r'^<!-- table: (?P<table>\S+) (?P<folder>\S+) -->\s*$')
 MARKER_START = '<!-- table:'
 MARKER_END = '<!-- /table -->'
@@ -353,8 +511,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def is_record(name):
-    """Whether a file of a recipe's folder is a record the docs keep (not a checkpoint)."""
-    return (name.startswith('metrics_') and name.endswith('.json')) or name in RECORD_NAMES
+    """Whether a file of a recipe's folder is a record the docs keep (not a checkpoint): a metrics
+    file, ``label_noise.json`` / ``sweep.json``, or the stdout of an ``-e`` evaluation
+    (``evaluate_b<B>_n<N>.log``, :func:`evaluations`)."""
+    return ((name.startswith('metrics_') and name.endswith('.json')) or name in RECORD_NAMES
+            or EVALUATE_LOG.match(name) is not None)
 
 
 def record_paths(folder):
@@ -494,7 +655,8 @@ def parse_args(argv=None):
 
 def parse_collect(argv):
     p = flags.Parser(prog='tables.py collect', description='copy the records (metrics_*.json, '
-                     'label_noise.json, sweep.json; no checkpoint) of a recipe\'s folder into '
+                     'label_noise.json, sweep.json, evaluate_b<B>_n<N>.log; no checkpoint) of a '
+                     'recipe\'s folder into '
                      'docs/runs/<table>/, keeping their relative paths')
     p.add_argument('runs_dir', help='the folder the run.sh recipe wrote, e.g. runs/budget')
     p.add_argument('dest', help='the records folder, e.g. docs/runs/budget')

@@ -94,16 +94,17 @@ def test_collect_copies_the_records_only_keeping_relative_paths(tmp_path, capsys
     write_run(runs / 'sgd_s1/pbfgs_b1024/metrics_pbfgs_d40_0-78.json', 'pbfgs', 81.0)
     write_run(runs / 'sgd_s1/improve/psgd/metrics_psgd_d15_0-11.json', 'psgd', 82.0, finished=False)
     for name in ('sgd_s1/label_noise.json', 'sweep.json', 'sgd_s1/0.pt', 'sgd_s1/checkpoint.pt',
-                 'sgd_s1/budget.md', 'sgd_s1/.metrics_sgd.json.x.tmp', 'sgd_s1/pbfgs_b1024/pbfgs_d40_0-78.pt'):
+                 'sgd_s1/budget.md', 'sgd_s1/.metrics_sgd.json.x.tmp', 'sgd_s1/pbfgs_b1024/pbfgs_d40_0-78.pt',
+                 'sgd_s1/pbfgs_b1024/evaluate_b256_n5.log', 'sgd_s1/log', 'sgd_s1/train.log'):
         (runs / name).write_text('{}')
     tables.main(['collect', str(runs), str(dest)])
     out = capsys.readouterr()
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file())
     assert copied == ['sgd_s1/improve/psgd/metrics_psgd_d15_0-11.json', 'sgd_s1/label_noise.json',
-                      'sgd_s1/metrics_sgd.json', 'sgd_s1/pbfgs_b1024/metrics_pbfgs_d40_0-78.json',
-                      'sweep.json']
+                      'sgd_s1/metrics_sgd.json', 'sgd_s1/pbfgs_b1024/evaluate_b256_n5.log',
+                      'sgd_s1/pbfgs_b1024/metrics_pbfgs_d40_0-78.json', 'sweep.json']
     assert (dest / 'sgd_s1/metrics_sgd.json').read_text() == (runs / 'sgd_s1/metrics_sgd.json').read_text()
-    assert '5 records copied' in out.out and 'note: 1 of them not finished' in out.err
+    assert '6 records copied' in out.out and 'note: 1 of them not finished' in out.err
     # refreshed after the recipe went on: replaced in place
     write_run(runs / 'sgd_s1/metrics_sgd.json', 'sgd', 80.5)
     tables.collect(str(runs), str(dest))

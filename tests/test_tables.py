@@ -8,11 +8,11 @@ import tables
 
 
 def write_run(path, method, final, *, args=None, basis=None, n_parameters=75290, epochs=None,
-              finished=True, best=None):
+              finished=True, best=None, extra=None):
     rows = epochs or [{'epoch': 1, 'train_acc': 50.0, 'test_acc': final}]
     data = {'args': {'batch_size': 128, **(args or {})}, 'method': method, 'epochs': rows,
             'final_test_acc': final, 'best_test_acc': best if best is not None else final,
-            'n_parameters': n_parameters}
+            'n_parameters': n_parameters, **(extra or {})}
     if basis:
         data['basis'] = basis
     if finished:
@@ -109,6 +109,101 @@ def test_pbfgs_batch_table_weights_epochs_by_their_steps(tmp_path):
     # trials per step (2*10 + 1*30)/40; accepted step (0.5*9 + 1.0*30)/39; the last epoch's losses
     assert line.startswith('| 256 | consecutive | 15 | 2 | 40 | 72.00 | 1.25 | 1 | 3 | ')
     assert f'| {(0.5 * 9 + 30) / 39:.3g} | 0.800 | 0.900 |' in line
+
+
+def pbfgs_epoch(epoch, steps, trials, test_acc, train_acc=50.0, test_acc_bn=None):
+    row = {'epoch': epoch, 'train_acc': train_acc, 'test_acc': test_acc, 'steps': steps, 'trials': trials,
+           'mean_trials': trials / steps, 'failed_searches': 0, 'nonfinite_skips': 0, 'mean_step_size': 1.0}
+    return row if test_acc_bn is None else {**row, 'test_acc_bn': test_acc_bn}
+
+
+def test_demo_table_both_statistics_the_gap_to_sgd_and_the_trials(tmp_path):
+    """SGD, P-SGD, P-BFGS in that order (whatever the files' names); final and best accuracy with
+    the running statistics, the re-estimated one with its batches, epoch 1 both ways, the
+    basis's explained variance, P-BFGS's trials per step over the run."""
+    basis = {'kind': 'dldr', 'n_components': 10, 'snapshots': [0, 11],
+             'explained_variance_ratio': [0.8, 0.12, 0.06, 0.015, 0.005]}
+    write_run(tmp_path / 'metrics_sgd.json', 'sgd', 88.0, best=89.0, n_parameters=269_722,
+              epochs=[{'epoch': 1, 'test_acc': 50.0}, {'epoch': 2, 'test_acc': 88.0, 'process_seconds': 61.4}])
+    write_run(tmp_path / 'metrics_psgd_d10_0-11.json', 'psgd', 87.5, basis=basis,
+              epochs=[{'epoch': 1, 'test_acc': 60.0, 'test_acc_bn': 70.0}, {'epoch': 2, 'test_acc': 87.5}],
+              extra={'final_test_acc_bn': 88.25, 'bn_update_batches': 16})
+    write_run(tmp_path / 'metrics_pbfgs_d10_0-11.json', 'pbfgs', 89.0, args={'batch_size': 256}, basis=basis,
+              epochs=[pbfgs_epoch(1, 20, 40, 24.0, test_acc_bn=85.95), pbfgs_epoch(2, 20, 30, 89.0)],
+              extra={'final_test_acc_bn': 89.5, 'bn_update_batches': 8})
+    lines = tables.demo_table(str(tmp_path))
+    assert len(lines) == 5 and lines[0].startswith('| method | dimension | epochs | final test acc |')
+    # seconds: the run's (120); CPU seconds: its last row's process_seconds (none recorded: -)
+    assert lines[2] == '| SGD | 269,722 | 2 | 88.00 | - | 89.00 |  | 50.00 |  |  |  | 120 | 61 |'
+    # 87.5 - 88.0; the first component explains 0.8, four reach 0.8 + 0.12 + 0.06 + 0.015 = 0.995
+    assert lines[3] == ('| P-SGD | 10 | 2 | 87.50 | 88.25 (16 × 128) | 87.50 | -0.50 | 60.00 / 70.00 | 0.800 | 4 '
+                        '|  | 120 | - |')
+    # trials per step (40 + 30) / (20 + 20) = 1.75
+    assert lines[4] == ('| P-BFGS | 10 | 2 | 89.00 | 89.50 (8 × 256) | 89.00 | +1.00 | 24.00 / 85.95 | 0.800 | 4 '
+                        '| 1.75 | 120 | - |')
+
+
+def evaluate_log(path, running, reestimated=None, batches=None, note=''):
+    """The stdout of ``train_pbfgs.py -e`` as subspace_run.py prints it."""
+    text = note + f'runs/x/pbfgs_d8_0-9.pt: test loss 0.5000 acc {running:.2f}% top5 99.00% (BatchNorm running statistics)\n'
+    if reestimated is not None:
+        text += (f'runs/x/pbfgs_d8_0-9.pt: test loss 0.3000 acc {reestimated:.2f}% top5 99.50% (BatchNorm '
+                 f'statistics re-estimated on {batches} training batches)\n')
+    path.write_text(text)
+
+
+def test_pbfgs_bn_table_running_statistics_and_the_evaluations_beside_each_run(tmp_path):
+    """SGD first, then P-BFGS by batch size, largest first; steps summed over the epochs; the
+    re-estimated accuracies from the -e logs in the run's own folder, N as the run reports it."""
+    basis = {'kind': 'dldr', 'n_components': 8, 'snapshots': [0, 9]}
+    write_run(tmp_path / 'metrics_sgd.json', 'sgd', 90.85, n_parameters=269_722,
+              epochs=[{'epoch': 1, 'train_acc': 60.0, 'test_acc': 70.0}, {'epoch': 2, 'train_acc': 92.0, 'test_acc': 90.85}])
+    write_run(tmp_path / 'metrics_pbfgs_d8_0-9.json', 'pbfgs', 81.05, args={'batch_size': 1024, 'train_start': 0},
+              basis=basis, epochs=[pbfgs_epoch(1, 10, 20, 30.0, 80.0), pbfgs_epoch(2, 10, 12, 81.05, 90.08)])
+    write_run(tmp_path / 'b256/metrics_pbfgs_d8_0-9.json', 'pbfgs', 91.45, args={'batch_size': 256},
+              basis=basis, epochs=[pbfgs_epoch(1, 40, 50, 91.45, 91.81)])
+    evaluate_log(tmp_path / 'evaluate_b256_n0.log', 81.05)
+    evaluate_log(tmp_path / 'evaluate_b256_n1.log', 81.05, 90.0, 1)
+    # more batches asked for than an epoch has: the run uses all of them and says how many
+    evaluate_log(tmp_path / 'evaluate_b256_n40.log', 81.05, 90.6, 39,
+                 note='--bn-update 40: an epoch has 39 training batches; BatchNorm statistics are '
+                      're-estimated on all 39\n')
+    (tmp_path / 'evaluate_notes.log').write_text('not an evaluation\n')
+    lines = tables.pbfgs_bn_table(str(tmp_path))
+    assert lines[2:] == [
+        '| SGD (the trajectory) | 128 | 2 | - | 92.00 | 90.85 | - |',
+        '| P-BFGS, d = 8 from snapshots 0..8, from snapshot 0 | 1024 | 2 | 20 | 90.08 | 81.05 | '
+        'B = 256: N = 1: 90.00, 39: 90.60 |',
+        '| P-BFGS, d = 8 from snapshots 0..8, from snapshot 0 | 256 | 1 | 40 | 91.81 | 91.45 | - |']
+    # the logs are records: collect copies them, not other logs
+    assert tables.is_record('evaluate_b256_n40.log') and not tables.is_record('evaluate_notes.log')
+
+
+def test_torchrun_table_one_row_per_folder_whole_sequences_first(tmp_path):
+    """A row per sub-folder: the world size from the records, 'whole sequence' where the folder
+    holds its SGD run, else the subspace phase on the trajectory its basis came from; each
+    subspace method's running and re-estimated accuracy."""
+    def sequence(sub, world, sgd, psgd, pbfgs, origin=None):
+        extra = {'world_size': world}
+        if sgd is not None:
+            write_run(tmp_path / sub / 'metrics_sgd.json', 'sgd', sgd, extra=extra,
+                      epochs=[{'epoch': e, 'test_acc': sgd} for e in range(1, 7)])
+        basis = {'kind': 'dldr', 'n_components': 6, 'snapshots': [0, 7],
+                 'folder': f'/elsewhere/runs/torchrun/{origin or sub}'}
+        for method, (running, bn), batch in (('psgd', psgd, 128), ('pbfgs', pbfgs, 256)):
+            write_run(tmp_path / sub / f'metrics_{method}_d6_0-7.json', method, running, basis=basis,
+                      args={'batch_size': batch}, extra={**extra, 'final_test_acc_bn': bn},
+                      epochs=[{'epoch': e, 'test_acc': running} for e in range(1, 4)])
+    sequence('two_on_one', 2, None, (85.3, 85.4), (86.95, 87.0), origin='one')
+    sequence('two', 2, 85.65, (83.1, 83.2), (85.55, None))
+    sequence('one', 1, 86.85, (85.35, 85.45), (87.05, 87.15))
+    lines = tables.torchrun_table(str(tmp_path))
+    assert lines[0] == ('| run | SGD (6 epochs, batch 128) | P-SGD (d = 6, 3 epochs, batch 128) | P-SGD, re-estimated | '
+                        'P-BFGS (d = 6, 3 epochs, batch 256) | P-BFGS, re-estimated |')
+    assert lines[2:] == ['| 1 process, whole sequence | 86.85 | 85.35 | 85.45 | 87.05 | 87.15 |',
+                         '| 2 ranks, whole sequence | 85.65 | 83.10 | 83.20 | 85.55 | - |',
+                         '| 2 ranks, subspace phase on the 1 process trajectory (one) | - | 85.30 | 85.40 | '
+                         '86.95 | 87.00 |']
 
 
 def test_cli_writes_the_table_and_refuses_a_missing_folder(tmp_path, capsys):
