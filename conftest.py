@@ -10,3 +10,37 @@ def sgd_run(tmp_path_factory):
     write into it: copy it)."""
     import helpers  # tests/ is on sys.path once a test module is collected
     return helpers.shared_sgd_run(tmp_path_factory)
+
+
+@pytest.fixture(scope='session')
+def synthetic():
+    """``utils.make_synthetic()`` (the data of ``--datasets synthetic``), generated once per
+    session: a run in a fresh interpreter spends ~3 s generating it."""
+    import utils
+    return utils.make_synthetic()
+
+
+@pytest.fixture(scope='session')
+def small_synthetic(synthetic):
+    """The same training images and labels, and the first ``helpers.SMALL_TEST`` test images (a
+    run evaluates the whole test set after every epoch: most of an in-process run's time with
+    the 2000 of the default)."""
+    import helpers
+    return helpers.cut_test_set(synthetic, helpers.SMALL_TEST)
+
+
+@pytest.fixture(scope='session')
+def small_synthetic_file(small_synthetic, tmp_path_factory):
+    """``small_synthetic`` saved for runs in a fresh interpreter (tests/fixtures/run_script.py
+    ``--synthetic FILE``)."""
+    import helpers
+    return helpers.save_dataset(small_synthetic, tmp_path_factory.getbasetemp() / 'small_synthetic.pt')
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, small_synthetic):
+    """``script.main(argv)`` in-process (helpers.InProcessCLI) on ``small_synthetic``, one intra-op
+    thread; the global RNGs and switches main() sets are given back afterwards."""
+    import helpers
+    with helpers.in_process_state(monkeypatch, small_synthetic):
+        yield helpers.InProcessCLI(capsys)
