@@ -151,6 +151,26 @@ class InProcessCLI:
         return self.capsys.readouterr().out
 
 
+def run_in_process(data, script, *args):
+    """``run`` (a CompletedProcess-like result: returncode, stdout, stderr) of ``script.main(args)``
+    in this process under ``distributed.run_cli``, on ``data`` for ``--datasets synthetic`` (see
+    :func:`in_process_state`): for fixtures wider than a test, which capsys does not reach."""
+    import io
+    import types
+
+    import pytest
+    module = importlib.import_module(script.removesuffix('.py'))
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, in_process_state(mp, data), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            distributed.run_cli(lambda: module.main([str(a) for a in args]))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def shared_sgd_run(tmp_path_factory):
     """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
 
