@@ -110,8 +110,9 @@ def patch_synthetic(monkeypatch, data):
 def in_process_state(monkeypatch, data, threads=1):
     """Runs of ``main()`` in this process on ``data`` with ``threads`` intra-op threads (as
     CHILD_ENV: cheaper on 2 shared cores); main() seeds the global RNGs and may switch on
-    deterministic algorithms: they are given back afterwards."""
-    patch_synthetic(monkeypatch, data)
+    deterministic algorithms: they are given back afterwards.  ``data`` None: no synthetic data."""
+    if data is not None:
+        patch_synthetic(monkeypatch, data)
     torch_rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
     deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     before = torch.get_num_threads()
