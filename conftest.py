@@ -56,3 +56,12 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='session')
+def gloo_ranks():
+    """test_distributed.all_runs on 2 gloo ranks (distributed.spawn_local: 2 fresh processes), for
+    test_distributed.py's method-level checks and test_package.py's DDP check: one spawn."""
+    import distributed
+    import test_distributed
+    return distributed.spawn_local(test_distributed.all_runs, 2)
