@@ -1,5 +1,8 @@
 """What several test files share: the small reference command lines, running a script in a
-fresh interpreter or in-process, the shared SGD trajectory, and the checks of a user error."""
+fresh interpreter or in-process, the shared SGD trajectory, the synthetic data generated once,
+and the checks of a user error."""
+import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -43,6 +46,130 @@ def run(script, *args, timeout=300):
     """Run ``script`` with ``args`` to completion; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=CHILD_ENV,
                           capture_output=True, text=True, timeout=timeout)
+
+
+RUNNER = os.path.join(ROOT, 'tests', 'fixtures', 'run_script.py')
+
+
+def run_with_data(data_file, script, *args, timeout=300, env=None, mode='package'):
+    """``run``, in a fresh interpreter through tests/fixtures/run_script.py (what the script's
+    ``__main__`` does: ``distributed.run_cli(main)``), with ``--datasets synthetic`` read from
+    ``data_file`` (:func:`save_dataset`) instead of generated: for runs that need a process of
+    their own (an environment, a kill) but not the ~3 s of generating the data."""
+    return subprocess.run([sys.executable, RUNNER, mode, '--synthetic', str(data_file),
+                           script.removesuffix('.py'), *map(str, args)], cwd=ROOT,
+                          env=CHILD_ENV if env is None else env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------------- the synthetic data
+
+# The test images an in-process run evaluates on (the first of make_synthetic's 2000): a run
+# evaluates the whole test set after every epoch, and no test depends on the accuracy's precision.
+SMALL_TEST = 200
+
+
+def cut_test_set(data, n):
+    """``data`` with its first ``n`` test images only (the training set unchanged)."""
+    return dataclasses.replace(data, test_x=data.test_x[:n].clone(), test_y=data.test_y[:n].clone())
+
+
+def save_dataset(data, path):
+    """A utils.Dataset as a plain dict of tensors and numbers (loadable with weights_only)."""
+    torch.save({f.name: getattr(data, f.name) for f in dataclasses.fields(data)}, path)
+    return path
+
+
+def load_dataset(path):
+    import utils
+    return utils.Dataset(**torch.load(path, weights_only=True))
+
+
+def synthetic_factory(data):
+    """A stand-in for ``utils.make_synthetic`` returning a private copy of ``data`` (load_data
+    subsets and relabels its copy in place)."""
+    def make_synthetic(*args, **kwargs):
+        assert not args and not kwargs, 'load_data calls make_synthetic() with its defaults'
+        return dataclasses.replace(data, **{k: getattr(data, k).clone() for k in
+                                            ('train_x', 'train_y', 'test_x', 'test_y')})
+    return make_synthetic
+
+
+def patch_synthetic(monkeypatch, data):
+    """``--datasets synthetic`` gives ``data``: ``make_synthetic`` replaced where ``load_data``
+    looks it up (utils, or the module of a utils package that defines load_data)."""
+    import utils
+    make = synthetic_factory(data)
+    monkeypatch.setattr(utils, 'make_synthetic', make)
+    home = sys.modules[utils.load_data.__module__]
+    if home is not utils:
+        monkeypatch.setattr(home, 'make_synthetic', make)
+
+
+@contextlib.contextmanager
+def in_process_state(monkeypatch, data, threads=1):
+    """Runs of ``main()`` in this process on ``data`` with ``threads`` intra-op threads (as
+    CHILD_ENV: cheaper on 2 shared cores); main() seeds the global RNGs and may switch on
+    deterministic algorithms: they are given back afterwards.  ``data`` None: no synthetic data."""
+    if data is not None:
+        patch_synthetic(monkeypatch, data)
+    torch_rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
+    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.set_rng_state(torch_rng)
+        np.random.set_state(numpy_rng)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+class InProcessCLI:
+    """``script.main(argv)`` under ``distributed.run_cli`` (what the scripts' ``__main__`` does)
+    with the captured stdout/stderr: the ``cli`` fixture (conftest.py)."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def fail(self, script, *argv):
+        """Run a command that must stop: returns (exit code, stdout, stderr)."""
+        import pytest
+        module = importlib.import_module(script)
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            distributed.run_cli(lambda: module.main([str(a) for a in argv]))
+        out, err = self.capsys.readouterr()
+        return info.value.code, out, err
+
+    def ok(self, script, *argv):
+        """Run a command that must succeed: returns its stdout."""
+        module = importlib.import_module(script)
+        self.capsys.readouterr()
+        module.main([str(a) for a in argv])
+        return self.capsys.readouterr().out
+
+
+def run_in_process(data, script, *args):
+    """``run`` (a CompletedProcess-like result: returncode, stdout, stderr) of ``script.main(args)``
+    in this process under ``distributed.run_cli``, on ``data`` for ``--datasets synthetic`` (see
+    :func:`in_process_state`): for fixtures wider than a test, which capsys does not reach."""
+    import io
+    import types
+
+    import pytest
+    module = importlib.import_module(script.removesuffix('.py'))
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, in_process_state(mp, data), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            distributed.run_cli(lambda: module.main([str(a) for a in args]))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def shared_sgd_run(tmp_path_factory):

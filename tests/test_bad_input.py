@@ -11,7 +11,6 @@ The run-level tests share one tiny trajectory (500 images, 2 batches an epoch, 2
 in-process.
 """
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -26,28 +25,19 @@ import flags
 import sgd_run
 import tracking
 import utils
-from helpers import SMALL, assert_one_line_error, file_state
+from helpers import SMALL, assert_one_line_error, file_state, in_process_state
 from test_distributed import torchrun
-from test_reliability import cli, synthetic  # noqa: F401 (fixtures: in-process runs)
 
 TINY = ['--datasets', 'synthetic', '--arch', 'resnet8', '--batch-size', '250', *SMALL]
 SUBSPACE = [*TINY, '--params_start', '0', '--params_end', '3', '--n_components', '2']
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory, synthetic):  # noqa: F811
+def tiny_run(tmp_path_factory, small_synthetic):
     """0.pt .. 2.pt, checkpoints and metrics of a 2-epoch run (2 steps an epoch); copy it."""
     folder = tmp_path_factory.mktemp('bad_input') / 'run'
-    mp = pytest.MonkeyPatch()
-    mp.setattr(utils.loading, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))  # (a run subsets its copy)
-    rng, threads = torch.get_rng_state(), torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with pytest.MonkeyPatch.context() as mp, in_process_state(mp, small_synthetic):
         importlib.import_module('train_sgd').main([*TINY, '--epochs', '2', '--save-dir', str(folder)])
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
-        mp.undo()
     return folder
 
 

@@ -2,13 +2,14 @@
 the offline synthetic dataset at small sizes, checked against the files they write and against an
 independent numpy SVD of the snapshots; ``--help`` of every script.
 
-The SGD trajectory is produced once per session (the ``sgd_run`` fixture of conftest.py) and
-shared with the other test files; tests that write copy it first.
+The SGD trajectory is produced once per session by ``python train_sgd.py`` (the ``sgd_run``
+fixture of conftest.py) and shared with the other test files; tests that write copy it first.
+The subspace runs call ``main(argv)`` in-process (two interpreter start-ups cost more than the
+runs).
 """
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,12 +20,12 @@ import flags
 import models
 import seeds
 import utils
-from helpers import PBFGS_ARGS, PSGD_ARGS, assert_one_line_error, file_state, flat_snapshot, run
+from helpers import PBFGS_ARGS, PSGD_ARGS, assert_one_line_error, file_state, flat_snapshot, run_in_process
 
 
 # ------------------------------------------------------------------------------------ SGD
 
-def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
+def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run, synthetic):
     folder, output = sgd_run
     assert '500 train' in output['stdout'] and '100 labels corrupted' in output['stdout']
     for k in range(3):
@@ -56,7 +57,7 @@ def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
     assert indices == sorted(set(indices)) and 0 <= indices[0] and indices[-1] < 500
     assert noise['noise_model'] == 'uniform' and len(noise['labels']) == 100
     # the labels drawn from all 10 classes: some keep their class, so fewer than 20 % are wrong
-    clean = utils.make_synthetic().train_y
+    clean = synthetic.train_y  # utils.make_synthetic().train_y (generated once per session)
     keep = utils.balanced_subset(clean, 0.05, 10, seeds.seed('subset', 1))
     wrong = sum(noise['labels'][i] != clean[keep][j].item() for i, j in enumerate(indices))
     assert 70 <= wrong < 100
@@ -71,14 +72,14 @@ def test_sgd_writes_trajectory_metrics_and_label_noise(sgd_run):
 # ------------------------------------------------------------------------------------ subspace runs
 
 @pytest.fixture(scope='module')
-def subspace_run(sgd_run, tmp_path_factory):
-    """P-SGD and P-BFGS (the reference command lines) on a copy of the shared trajectory."""
+def subspace_run(sgd_run, tmp_path_factory, small_synthetic):
+    """P-SGD and P-BFGS (the reference command lines) on a copy of the shared trajectory, run
+    in-process (main(argv) under distributed.run_cli, as the scripts' __main__) on the synthetic
+    data generated once, 200 test images."""
     folder = tmp_path_factory.mktemp('subspace') / 'save'
     shutil.copytree(sgd_run[0], folder)
-    with ThreadPoolExecutor(2) as pool:  # two interpreters: their start-ups overlap
-        psgd = pool.submit(run, 'train_psgd.py', *PSGD_ARGS, f'--save-dir={folder}')
-        pbfgs = pool.submit(run, 'train_pbfgs.py', *PBFGS_ARGS, f'--save-dir={folder}')
-        psgd, pbfgs = psgd.result(), pbfgs.result()
+    psgd = run_in_process(small_synthetic, 'train_psgd', *PSGD_ARGS, f'--save-dir={folder}')
+    pbfgs = run_in_process(small_synthetic, 'train_pbfgs', *PBFGS_ARGS, f'--save-dir={folder}')
     assert psgd.returncode == 0, psgd.stderr
     assert pbfgs.returncode == 0, pbfgs.stderr
     return folder, psgd, pbfgs
@@ -134,12 +135,13 @@ def test_subspace_run_files_basis_and_iterates(subspace_run, method):
     assert np.linalg.norm(delta - Q @ (Q.T @ delta)) <= 1e-4 * np.linalg.norm(delta)
 
 
-def test_rerunning_psgd_refuses_without_overwrite(subspace_run):
-    # (that --overwrite lets the rerun through is checked in-process in test_reliability.py)
+def test_rerunning_psgd_refuses_without_overwrite(subspace_run, cli):
+    # (that --overwrite lets the rerun through is checked in test_reliability.py; a one-line error
+    # of a real process: test_reliability.py's crafted file, test_tracking.py's bad logger)
     folder = subspace_run[0]
     before = file_state(folder)
-    proc = run('train_psgd.py', *PSGD_ARGS, f'--save-dir={folder}')
-    assert_one_line_error(proc, 'already exists', '--overwrite')
+    assert_one_line_error(cli.fail('train_psgd', *PSGD_ARGS, f'--save-dir={folder}'), 'already exists',
+                          '--overwrite')
     assert file_state(folder) == before
 
 

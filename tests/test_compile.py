@@ -50,7 +50,7 @@ def assert_close_states(a, b, rtol=1e-4, atol=1e-5):
             assert torch.equal(a[k], b[k]), k
 
 
-def test_compiled_sgd_matches_eager_and_resumes_eager(tmp_path, capsys, aot_eager):
+def test_compiled_sgd_matches_eager_and_resumes_eager(tmp_path, capsys, aot_eager, cli):
     """SGD epoch 1 compiled = epoch 1 eager (float tolerance), with the eager state_dict keys (no
     ``_orig_mod.``) and ``compiled: true`` in its JSON; epoch 2 eager from the compiled run's
     checkpoint (--resume auto) = epoch 2 of the eager run."""
@@ -90,7 +90,7 @@ def test_compiled_pbfgs_step_matches_eager():
     torch._dynamo.reset()
 
 
-def test_a_model_that_does_not_compile_runs_eager_after_one_warning(tmp_path, capsys, monkeypatch):
+def test_a_model_that_does_not_compile_runs_eager_after_one_warning(tmp_path, capsys, monkeypatch, cli):
     """A backend failure at the first call: one ``warning:`` line, then the run goes on eager,
     ``compiled: false`` in the JSON; no traceback."""
     def broken(gm, example_inputs):

@@ -1,6 +1,7 @@
 """Data-parallel runs on the CPU with gloo: 2 ranks against 1 process.
 
-The method-level checks share one spawn of 2 processes (scaffold.spawn_local, file:// rendezvous):
+The method-level checks share one spawn of 2 processes (scaffold.spawn_local, file:// rendezvous;
+the ``gloo_ranks`` fixture of conftest.py, which test_package.py's DDP check shares too):
 P-SGD and P-BFGS on a BatchNorm-free model, 2 ranks x b/2 against 1 process x b on the same
 global batches (utils.DeviceLoader cuts them); the bytes every step all-reduces, counted by
 wrapping the one communicator; the sharded basis against the 1-process basis; P-SGD and P-BFGS with
@@ -25,8 +26,9 @@ import distributed
 import dldr
 import engine
 import utils
-from helpers import ROOT
-from scaffold import CountingComm, spawn_local
+from helpers import ROOT, RUNNER
+from scaffold import CountingComm
+from test_package import ddp_run
 
 D, BATCH, STEPS = 5, 16, 6
 
@@ -130,17 +132,17 @@ def all_runs(context):
             'storage': storage_run(context),
             # the other lifts and coords of a step: residual momentum, same-batch curvature pairs
             'pbfgs_options': pbfgs_run(context, **PBFGS_OPTIONS),
-            'pbfgs_options_sharded': pbfgs_run(context, shard=True, **PBFGS_OPTIONS)}
+            'pbfgs_options_sharded': pbfgs_run(context, shard=True, **PBFGS_OPTIONS),
+            'ddp': ddp_run(context)}  # test_package.py's DDP check (one spawn for both files)
 
 
 PBFGS_OPTIONS = dict(alpha=0.05, curvature_pairs='same-batch')
 
 
 @pytest.fixture(scope='module')
-def runs():
+def runs(gloo_ranks):
     single = all_runs(distributed.Context(torch.device('cpu')))
-    pair = spawn_local(all_runs, 2)
-    return single, pair
+    return single, gloo_ranks  # gloo_ranks (conftest.py): scaffold.spawn_local(all_runs, 2)
 
 
 def test_psgd_two_ranks_equal_one_process(runs):
@@ -331,8 +333,10 @@ def test_torchrun_bad_flag_one_error_line_nonzero_exit(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_torchrun_killed_rank_ends_the_job_without_truncated_files(tmp_path):
-    proc = torchrun('train_sgd.py', *SMALL_SGD, '--epochs', '50', '--save-dir', tmp_path)
+def test_torchrun_killed_rank_ends_the_job_without_truncated_files(tmp_path, small_synthetic_file):
+    # train_sgd.py's __main__ through run_script.py: the ranks read the synthetic data generated once
+    proc = torchrun(RUNNER, 'package', '--synthetic', small_synthetic_file, 'train_sgd', *SMALL_SGD,
+                    '--epochs', '50', '--save-dir', tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / '1.pt').exists():

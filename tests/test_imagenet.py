@@ -5,7 +5,6 @@ label noise and subsets on file lists; one-line errors for bad folders and misfi
 """
 import json
 import os
-import subprocess
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,7 +16,7 @@ import flags
 import models
 import seeds
 import utils
-from helpers import assert_one_line_error, in_process, run, start
+from helpers import assert_one_line_error, in_process, run, run_in_process
 
 CLASSES, TRAIN, VAL = 6, 8, 4
 COMMON = ['--datasets', 'ImageNet', '--arch', 'resnet18', '--image-size', '32', '-p', '0']
@@ -80,16 +79,15 @@ def gram_singular_values(folder, numbers, model):
 
 @pytest.fixture(scope='module')
 def subspace_runs(sgd_run, image_folder):
-    """P-SGD and P-BFGS side by side from every 2nd snapshot of 0..4, d = 2."""
+    """P-SGD and P-BFGS from every 2nd snapshot of 0..4, d = 2: main(argv) in-process (as the
+    scripts' __main__)."""
     save, _ = sgd_run
     common = [*COMMON, '--data-dir', image_folder, '-j', '0', '-b', '14', '--epochs', '1',
               '--params_start', '0', '--params_end', '5', '--params-step', '2', '--n_components', '2',
               '--save-dir', save]
-    procs = {'psgd': start('train_psgd.py', *common, '--lr', '0.1', stderr=subprocess.PIPE, text=True),
-             'pbfgs': start('train_pbfgs.py', *common, '--max-trials', '30', stderr=subprocess.PIPE,
-                            text=True, stdout=subprocess.DEVNULL)}
-    for proc in procs.values():
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    for script, extra in (('train_psgd', ['--lr', '0.1']), ('train_pbfgs', ['--max-trials', '30'])):
+        proc = run_in_process(None, script, *common, *extra)
+        assert proc.returncode == 0, proc.stderr
     return save
 
 

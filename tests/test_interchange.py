@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import models
-from helpers import ROOT, run
+from helpers import ROOT, run_in_process
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'reference_models.json')
 SMALL = ['--datasets', 'synthetic', '--smalldatasets', '0.05', '-p', '0', '--arch=resnet20']
@@ -48,9 +48,10 @@ def reference_trajectory(tmp_path_factory):
     ('train_pbfgs.py', ['--epochs', '1', '--batch-size', '256']),
     ('train_psgd.py', ['--epochs', '1', '--lr', '1', '--batch-size', '128']),
 ])
-def test_reference_trajectory_trains_with_reference_flags(reference_trajectory, script, flags):
-    proc = run(script, *flags, *SMALL, '--params_start', '0', '--params_end', '4', '--n_components',
-               '2', f'--save-dir={reference_trajectory}', '--overwrite')
+def test_reference_trajectory_trains_with_reference_flags(reference_trajectory, script, flags, small_synthetic):
+    # main(argv) in-process (as the script's __main__), on the synthetic data generated once
+    proc = run_in_process(small_synthetic, script, *flags, *SMALL, '--params_start', '0', '--params_end', '4',
+                          '--n_components', '2', f'--save-dir={reference_trajectory}', '--overwrite')
     assert proc.returncode == 0, proc.stderr
     method = script[len('train_'):-len('.py')]
     metrics = json.loads((reference_trajectory / f'metrics_{method}_d2_0-4.json').read_text())

@@ -21,17 +21,20 @@ RUNNER = os.path.join(ROOT, 'tests', 'fixtures', 'run_script.py')
 
 # ------------------------------------------------------------------- scripts: bit-identical
 
-def test_psgd_then_pbfgs_scripts_bit_identical_to_the_pre_package_dldr(sgd_run, tmp_path):
+def test_psgd_then_pbfgs_scripts_bit_identical_to_the_pre_package_dldr(sgd_run, tmp_path, small_synthetic_file):
     """The seeded SGD -> P-SGD -> P-BFGS sequence: the same trajectory, then train_psgd.py and
     train_pbfgs.py once with the package and once with the frozen dldr.py of before the split (and
-    train_psgd.py's former SGD + project_grads_ hook): the final models are torch.equal."""
+    train_psgd.py's former SGD + project_grads_ hook): the final models are torch.equal.  (Both
+    on the synthetic data generated once, 200 test images: the models do not depend on the test
+    set.)"""
     folder, _ = sgd_run
     procs, tiny = {}, ['--smalldatasets', '0.02']  # (the last --smalldatasets wins)
     for mode in ('reference', 'package'):  # side by side: one thread each
         save = tmp_path / mode
         shutil.copytree(folder, save)
         procs[mode] = save, subprocess.Popen(
-            [sys.executable, RUNNER, mode, 'train_psgd', *PSGD_ARGS, *tiny, f'--save-dir={save}',
+            [sys.executable, RUNNER, mode, '--synthetic', str(small_synthetic_file),
+             'train_psgd', *PSGD_ARGS, *tiny, f'--save-dir={save}',
              '--', 'train_pbfgs', *PBFGS_ARGS, *tiny, f'--save-dir={save}', '--max-trials', '5',
              '--curvature-pairs', 'same-batch', '--alpha', '0.01'],
             cwd=ROOT, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -375,11 +378,11 @@ def ddp_run(context):
     return results
 
 
-def test_ddp_two_gloo_ranks_equal_one_process():
+def test_ddp_two_gloo_ranks_equal_one_process(gloo_ranks):
     import distributed
-    from scaffold import spawn_local
     single = ddp_run(distributed.Context(torch.device('cpu')))
-    rank0, rank1 = spawn_local(ddp_run, 2)
+    # ddp_run on 2 spawned gloo ranks: part of test_distributed.all_runs (one spawn, conftest.py)
+    rank0, rank1 = (ranks['ddp'] for ranks in gloo_ranks)
     w0 = dldr.flat_params(dldr.trainable_params(tiny_net()))
     for kind in ('psgd', 'pbfgs'):
         assert torch.equal(rank0[kind], rank1[kind])

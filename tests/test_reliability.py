@@ -2,13 +2,12 @@
 no mixing of trajectories, one-line errors (exit 2, no traceback, nothing deleted) and non-finite
 losses.
 
-Real subprocesses where the process boundary is the point (the killed run, its resume, a crafted
-unsafe file); the error table runs ``main(argv)`` in-process through ``distributed.run_cli`` (what the
-scripts' ``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter
-start-ups would cost more than this whole file.
+Real subprocesses where the process boundary is the point (the killed run, a crafted unsafe
+file); the resume after the kill (which reads nothing but the killed run's files) and the error
+table run ``main(argv)`` in-process through ``distributed.run_cli`` (what the scripts'
+``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter start-ups
+would cost more than this whole file.
 """
-import dataclasses
-import importlib
 import json
 import math
 import os
@@ -16,18 +15,16 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
-import distributed
 import models
 import utils
-from helpers import SGD_ARGS, SMALL, assert_one_line_error, file_state, run, start
+from helpers import (SGD_ARGS, SMALL, assert_one_line_error, file_state, in_process, in_process_state, run,
+                     start)
 
 
 @pytest.fixture
@@ -62,50 +59,8 @@ def without_seconds(rows):
     return [{k: v for k, v in row.items() if not k.endswith('seconds') and k != 'elapsed'} for row in rows]
 
 
-# ----------------------------------------------------------------------------- in-process CLI
-
-@pytest.fixture(scope='module')
-def synthetic():
-    return utils.make_synthetic()
-
-
-class InProcessCLI:
-    """``script.main(argv)`` under ``distributed.run_cli`` with the captured stdout/stderr."""
-
-    def __init__(self, capsys):
-        self.capsys = capsys
-
-    def fail(self, script, *argv):
-        """Run a command that must stop: returns (exit code, stdout, stderr)."""
-        module = importlib.import_module(script)
-        self.capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            distributed.run_cli(lambda: module.main([str(a) for a in argv]))
-        out, err = self.capsys.readouterr()
-        return info.value.code, out, err
-
-    def ok(self, script, *argv):
-        """Run a command that must succeed: returns its stdout."""
-        module = importlib.import_module(script)
-        self.capsys.readouterr()
-        module.main([str(a) for a in argv])
-        return self.capsys.readouterr().out
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch, synthetic):
-    monkeypatch.setattr(utils.loading, 'make_synthetic', lambda *a, **k: dataclasses.replace(synthetic))
-    # main() seeds the global RNGs and may switch on deterministic algorithms: give them back
-    torch_rng, numpy_rng = torch.get_rng_state(), np.random.get_state()
-    deterministic, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as CHILD_ENV: cheaper on 2 shared cores
-    yield InProcessCLI(capsys)
-    torch.set_num_threads(threads)
-    torch.set_rng_state(torch_rng)
-    np.random.set_state(numpy_rng)
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = benchmark
+# (the in-process runs: the ``cli`` fixture of conftest.py, main(argv) under distributed.run_cli on
+# the synthetic data generated once, 200 test images)
 
 
 # ----------------------------------------------------------------------------- 1. resume
@@ -119,7 +74,7 @@ def kill_after_first_checkpoint(proc, folder, timeout=240):
     proc.wait()
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, synthetic, capsys, monkeypatch):
     folder = tmp_path / 'killed'
     with open(tmp_path / 'killed.log', 'w') as log:
         proc = start('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}', stdout=log, stderr=subprocess.STDOUT)
@@ -135,9 +90,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path):
         if name.endswith('.pt') and not name.startswith('.'):
             load(folder / name)
 
-    proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}', '--resume', 'auto')
-    assert proc.returncode == 0, proc.stderr
-    assert 'resumed from' in proc.stdout and 'at epoch 1' in proc.stdout
+    # the resume reads nothing but the killed run's files: main() in this process, on the same
+    # (whole) synthetic data and one thread as the uninterrupted run's interpreter
+    with in_process_state(monkeypatch, synthetic):
+        code, out, err = in_process(capsys, 'train_sgd', *SGD_ARGS, f'--save-dir={folder}', '--resume', 'auto')
+    assert code == 0, err
+    assert 'resumed from' in out and 'at epoch 1' in out
 
     for k in range(3):
         assert_identical(load(folder / f'{k}.pt'), load(reference / f'{k}.pt'), f'{k}.pt')

@@ -15,7 +15,7 @@ import dldr
 import models
 import sweep
 import utils
-from helpers import SMALL, flat_snapshot, run, shared_sgd_run
+from helpers import SMALL, flat_snapshot, run_in_process
 
 F64 = torch.float64
 
@@ -266,19 +266,18 @@ PSGD = ['--epochs', '1', '--datasets', 'synthetic', '--lr', '1', '--corrupt', '0
 
 
 @pytest.fixture(scope='module')
-def kind_runs(tmp_path_factory):
+def kind_runs(sgd_run, tmp_path_factory, small_synthetic):
     """P-SGD with --subspace random (d 2, seed 5) and twa (default d = 3, from the mean) on the
-    shared SGD trajectory, side by side."""
-    source, _ = shared_sgd_run(tmp_path_factory)
+    shared SGD trajectory; main(argv) in-process (as the script's __main__) on the synthetic data
+    generated once."""
+    source, _ = sgd_run
     folder = tmp_path_factory.mktemp('kinds')
     for k in range(3):
         shutil.copy(source / f'{k}.pt', folder / f'{k}.pt')
-    with ThreadPoolExecutor(2) as pool:
-        procs = {kind: pool.submit(run, 'train_psgd.py', *PSGD, *extra, f'--save-dir={folder}')
-                 for kind, extra in [('random', ['--subspace', 'random', '--subspace-seed', '5',
-                                                 '--n_components', '2']),
-                                     ('twa', ['--subspace', 'twa'])]}
-        procs = {kind: p.result() for kind, p in procs.items()}
+    procs = {kind: run_in_process(small_synthetic, 'train_psgd', *PSGD, *extra, f'--save-dir={folder}')
+             for kind, extra in [('random', ['--subspace', 'random', '--subspace-seed', '5',
+                                             '--n_components', '2']),
+                                 ('twa', ['--subspace', 'twa'])]}
     for proc in procs.values():
         assert proc.returncode == 0, proc.stderr
     return folder, procs

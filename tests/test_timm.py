@@ -13,7 +13,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import CHILD_ENV, SMALL, assert_one_line_error, in_process, run
+from helpers import (CHILD_ENV, RUNNER, SMALL, assert_one_line_error, in_process, patch_synthetic,
+                     run_in_process, run_with_data)
 
 import flags
 import utils
@@ -34,22 +35,20 @@ def timm_vit(**kwargs):
     return timm.create_model(VIT, pretrained=False, num_classes=10, img_size=32, **kwargs)
 
 
-def run_env(script, *args, env):
-    import subprocess
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
+# The runs call main(argv) in-process (as the scripts' __main__) on the synthetic data generated
+# once (conftest.py); those that need an environment of their own (HF_HUB_CACHE, read when
+# huggingface_hub is imported) or torchrun run tests/fixtures/run_script.py with that data.
 
 @pytest.fixture(scope='module')
-def vit_trajectory(tmp_path_factory):
+def vit_trajectory(tmp_path_factory, small_synthetic):
     """A ViT's SGD trajectory, snapshots 0..2."""
     path = tmp_path_factory.mktemp('vit')
-    proc = run('train_sgd.py', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', path)
+    proc = run_in_process(small_synthetic, 'train_sgd', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', path)
     assert proc.returncode == 0, proc.stderr
     return path
 
 
-def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory):
+def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory, small_synthetic):
     tmp_path = vit_trajectory
     expected = shapes(timm_vit().state_dict())
     for k in range(3):  # timm's own names and shapes: a timm checkpoint loads as it is
@@ -59,9 +58,10 @@ def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory):
     model.load_state_dict(snap)  # strict
 
     subspace = ['--params_start', '0', '--params_end', '3', '--n_components', '2', '--epochs', '1']
-    proc = run('train_psgd.py', *COMMON, *subspace, '--lr', '0.1', '--save-dir', tmp_path)
+    proc = run_in_process(small_synthetic, 'train_psgd', *COMMON, *subspace, '--lr', '0.1', '--save-dir', tmp_path)
     assert proc.returncode == 0, proc.stderr
-    proc = run('train_pbfgs.py', *COMMON, *subspace, '--batch-size', '256', '--save-dir', tmp_path)
+    proc = run_in_process(small_synthetic, 'train_pbfgs', *COMMON, *subspace, '--batch-size', '256',
+                          '--save-dir', tmp_path)
     assert proc.returncode == 0, proc.stderr
     start = torch.load(tmp_path / '0.pt', map_location='cpu', weights_only=True)
     for tag in ('psgd_d2_0-3', 'pbfgs_d2_0-3'):
@@ -74,9 +74,10 @@ def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory):
         assert any(not torch.equal(final[k], start[k]) for k in start)  # it trained
 
 
-def test_cnn_and_vit_are_timms_models_with_its_normalisation():
+def test_cnn_and_vit_are_timms_models_with_its_normalisation(synthetic, monkeypatch):
     """utils.build_model / load_data against timm.create_model and timm's pretrained configs."""
     from timm.models import get_pretrained_cfg
+    patch_synthetic(monkeypatch, synthetic)  # (generated once per session)
     for name, kwargs in (('resnet10t', {}), (VIT, {'img_size': 32})):
         parser = flags.common_parser('', epochs=1)
         flags.add_sgd_args(parser)
@@ -92,21 +93,21 @@ def test_cnn_and_vit_are_timms_models_with_its_normalisation():
     assert get_pretrained_cfg(VIT).mean == (0.5, 0.5, 0.5)  # (not the ImageNet default: it matters)
 
 
-def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path, capsys):
+def test_unknown_timm_model_and_missing_cache_are_one_error_line(tmp_path, capsys, small_synthetic_file):
     result = in_process(capsys, 'train_sgd', '--datasets', 'synthetic', '--arch', 'timm/no_such_net',
                         '--save-dir', tmp_path)
     assert_one_line_error(result, 'no_such_net')
     cache = tmp_path / 'hf'
     env = {**CHILD_ENV, 'HF_HUB_CACHE': str(cache)}
-    proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir', tmp_path / 'x',
-                   env=env)
+    proc = run_with_data(small_synthetic_file, 'train_sgd', *COMMON, '--pretrained', '--epochs', '0',
+                         '--save-dir', tmp_path / 'x', env=env)
     from timm.models import get_pretrained_cfg
     repo = get_pretrained_cfg(VIT).hf_hub_id
     assert_one_line_error(proc, str(cache / ('models--' + repo.replace('/', '--'))), '--pretrained PATH')
     assert not (tmp_path / 'x' / '0.pt').exists()
 
 
-def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
+def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path, small_synthetic, small_synthetic_file):
     from safetensors.torch import save_file
     from timm.models import get_pretrained_cfg
     # a hub cache as huggingface_hub lays it out, holding "pretrained" ImageNet weights (224, 1000)
@@ -120,8 +121,8 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     save_file(imagenet, folder / 'snapshots' / ('0' * 40) / 'model.safetensors')
 
     env = {**CHILD_ENV, 'HF_HUB_CACHE': str(tmp_path / 'hf'), 'HF_HUB_OFFLINE': '1'}
-    proc = run_env('train_sgd.py', *COMMON, '--pretrained', '--epochs', '0', '--save-dir',
-                   tmp_path / 'cached', env=env)
+    proc = run_with_data(small_synthetic_file, 'train_sgd', *COMMON, '--pretrained', '--epochs', '0',
+                         '--save-dir', tmp_path / 'cached', env=env)
     assert proc.returncode == 0, proc.stderr
     start = torch.load(tmp_path / 'cached' / '0.pt', map_location='cpu', weights_only=True)
     assert shapes(start) == shapes(timm_vit().state_dict())
@@ -134,14 +135,15 @@ def test_pretrained_from_the_local_cache_and_from_a_file(tmp_path):
     torch.manual_seed(4)
     mine = {k: v.contiguous() for k, v in timm_vit().state_dict().items()}
     save_file(mine, tmp_path / 'mine.safetensors')
-    proc = run('train_sgd.py', *COMMON, '--pretrained', tmp_path / 'mine.safetensors', '--epochs', '0',
-               '--save-dir', tmp_path / 'file')
+    proc = run_in_process(small_synthetic, 'train_sgd', *COMMON, '--pretrained', tmp_path / 'mine.safetensors',
+                          '--epochs', '0', '--save-dir', tmp_path / 'file')
     assert proc.returncode == 0, proc.stderr
     start = torch.load(tmp_path / 'file' / '0.pt', map_location='cpu', weights_only=True)
     assert start.keys() == mine.keys() and all(torch.equal(start[k], mine[k]) for k in mine)
 
 
-def test_vit_psgd_under_torchrun_equals_one_process(vit_trajectory, tmp_path):
+def test_vit_psgd_under_torchrun_equals_one_process(vit_trajectory, tmp_path, small_synthetic,
+                                                   small_synthetic_file):
     """P-SGD of the ViT by 2 gloo ranks under torchrun ends at the 1-process run's weights (the
     ranks split each global batch; a ViT has no BatchNorm and no dropout here) to float rounding."""
     import shutil
@@ -152,12 +154,12 @@ def test_vit_psgd_under_torchrun_equals_one_process(vit_trajectory, tmp_path):
         (tmp_path / name).mkdir()
         for k in range(3):
             shutil.copy(vit_trajectory / f'{k}.pt', tmp_path / name / f'{k}.pt')
-    one = run('train_psgd.py', *args, '--save-dir', tmp_path / 'one')
+    one = run_in_process(small_synthetic, 'train_psgd', *args, '--save-dir', tmp_path / 'one')
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                          '--nproc_per_node', '2', 'train_psgd.py', *args, '--save-dir',
-                          tmp_path / 'two'], cwd=ROOT, env=CHILD_ENV, capture_output=True,
-                         text=True, timeout=300)
+                          '--nproc_per_node', '2', RUNNER, 'package', '--synthetic', small_synthetic_file,
+                          'train_psgd', *args, '--save-dir', tmp_path / 'two'], cwd=ROOT, env=CHILD_ENV,
+                         capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     a = torch.load(tmp_path / 'one' / 'psgd_d2_0-3.pt', map_location='cpu', weights_only=True)
     b = torch.load(tmp_path / 'two' / 'psgd_d2_0-3.pt', map_location='cpu', weights_only=True)

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import CHILD_ENV, ROOT, SMALL, assert_one_line_error, run
+from helpers import CHILD_ENV, ROOT, RUNNER, SMALL, assert_one_line_error, run, run_in_process, run_with_data
 
 import distributed
 
@@ -38,11 +38,6 @@ def offline_env(tmp_path):
     home = tmp_path / 'home'
     home.mkdir(exist_ok=True)
     return {**env, 'HOME': str(home), 'WANDB_DIR': str(tmp_path / 'wandb_dir')}
-
-
-def run_env(script, *args, env, timeout=300):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def scalars(folder):
@@ -117,12 +112,13 @@ def assert_epochs_match(tags, rows):
 
 
 @pytest.fixture(scope='module')
-def logged_sgd(tmp_path_factory):
-    """One SGD run with both loggers, --log-every 2, offline W&B without credentials."""
+def logged_sgd(tmp_path_factory, small_synthetic_file):
+    """One SGD run with both loggers, --log-every 2, offline W&B without credentials: a process of
+    its own (its environment), on the synthetic data generated once (run_script.py --synthetic)."""
     folder = tmp_path_factory.mktemp('tracked') / 'sgd'
     env = offline_env(folder.parent)
-    proc = run_env('train_sgd.py', *SGD, '--save-dir', folder, '--logger', 'tensorboard', 'wandb',
-                   '--log-every', '2', env=env)
+    proc = run_with_data(small_synthetic_file, 'train_sgd', *SGD, '--save-dir', folder, '--logger', 'tensorboard',
+                         'wandb', '--log-every', '2', env=env)
     assert proc.returncode == 0, proc.stderr
     return folder, proc, json.loads((folder / 'metrics_sgd.json').read_text())
 
@@ -174,11 +170,13 @@ def test_wandb_offline_summary_is_the_last_epoch_and_config_the_args(logged_sgd)
     assert [h['iteration'] for h in history if 'train/loss' in h] == list(range(2, 2 * steps + 1, 2))
 
 
-def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_sgd, tmp_path):
+def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_sgd, tmp_path, small_synthetic):
     source, _, _ = logged_sgd
     folder = tmp_path / 'run'
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns('logs'))
-    proc = run('train_psgd.py', *PSGD, '--save-dir', folder, '--logger', 'tensorboard', '--log-every', '1')
+    # the runs and plot.py: main(argv) in-process (as their __main__), on the synthetic data generated once
+    proc = run_in_process(small_synthetic, 'train_psgd', *PSGD, '--save-dir', folder, '--logger', 'tensorboard',
+                          '--log-every', '1')
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((folder / f'metrics_{PSGD_TAG}.json').read_text())
     tags, acc = scalars(folder / 'logs' / PSGD_TAG)
@@ -198,8 +196,8 @@ def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_
 
     # P-BFGS: its own loop (no train_epoch), the loss of every step (the mean over the ranks)
     pbfgs = [a for a in PSGD if a not in ('--lr-milestones', '1')]
-    proc = run('train_pbfgs.py', *pbfgs, '--epochs', '1', '--save-dir', folder, '--logger', 'tensorboard',
-               '--log-every', '1')
+    proc = run_in_process(small_synthetic, 'train_pbfgs', *pbfgs, '--epochs', '1', '--save-dir', folder,
+                          '--logger', 'tensorboard', '--log-every', '1')
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((folder / 'metrics_pbfgs_d2_0-3.json').read_text())
     tags, _ = scalars(folder / 'logs' / 'pbfgs_d2_0-3')
@@ -207,7 +205,7 @@ def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_
     assert [s for s, _ in tags['train/loss']] == list(range(1, metrics['epochs'][0]['steps'] + 1))
     assert 'train/lr' not in tags  # the line search sets the step: there is no lr
 
-    proc = run('plot.py', 'curves', folder, '--dpi', '30', '--logger', 'tensorboard')
+    proc = run_in_process(small_synthetic, 'plot', 'curves', folder, '--dpi', '30', '--logger', 'tensorboard')
     assert proc.returncode == 0, proc.stderr
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(folder / 'logs' / 'figures'), size_guidance={'images': 0})
@@ -219,13 +217,14 @@ def test_psgd_pbfgs_tensorboard_have_the_basis_and_plot_adds_its_figures(logged_
     assert (image.width, image.height) == size
 
 
-def test_torchrun_two_ranks_one_writer_equal_to_the_json(logged_sgd, tmp_path):
+def test_torchrun_two_ranks_one_writer_equal_to_the_json(logged_sgd, tmp_path, small_synthetic_file):
     source, _, _ = logged_sgd
     folder = tmp_path / 'run'
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns('logs'))
+    # train_psgd.py's __main__ through run_script.py: the ranks read the synthetic data generated once
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-           'train_psgd.py', *PSGD, '--device', 'cpu', '--save-dir', str(folder),
-           '--logger', 'tensorboard', '--log-every', '2']
+           RUNNER, 'package', '--synthetic', str(small_synthetic_file), 'train_psgd', *PSGD, '--device', 'cpu',
+           '--save-dir', str(folder), '--logger', 'tensorboard', '--log-every', '2']
     proc = subprocess.run(cmd, cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((folder / f'metrics_{PSGD_TAG}.json').read_text())

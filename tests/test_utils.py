@@ -14,6 +14,7 @@ import flags
 import models
 import sgd_run
 import utils
+from helpers import patch_synthetic
 
 
 # ----------------------------------------------------------------------------- label noise
@@ -114,7 +115,10 @@ def _args(**kw):
 
 
 @pytest.mark.parametrize('model', utils.NOISE_MODELS)
-def test_load_data_noise_leaves_test_set_and_is_shared_across_runs(model):
+def test_load_data_noise_leaves_test_set_and_is_shared_across_runs(model, synthetic, monkeypatch):
+    # make_synthetic() generated once per session (its determinism: test_synthetic_is_deterministic_...);
+    # every load_data call gets a private copy of it
+    patch_synthetic(monkeypatch, synthetic)
     clean = utils.load_data(_args())
     noisy = utils.load_data(_args(corrupt=0.2, noise_model=model))
     again = utils.load_data(_args(corrupt=0.2, noise_model=model))
