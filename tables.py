@@ -478,8 +478,8 @@ def torchrun_table(folder):
         else:
             basis = next(r['basis'] for r in runs.values() if r.get('basis'))
             origin = os.path.basename(os.path.normpath(basis.get('folder', '')))
-            label = (f'{world(runs)}, subspace phase on the '
-                     f'{world(found[origin]) + " " if origin in found else ""}trajectory ({origin})')
+            label = (f'{world(runs)}, subspace phase on the trajectory of {origin}'
+                     + (f' ({world(found[origin])})' if origin in found else ''))
         cells = [acc_text(runs['sgd']['final_test_acc']) if 'sgd' in runs else '-']
         for m in ('psgd', 'pbfgs'):
             cells += ([acc_text(runs[m]['final_test_acc']), acc_text(runs[m].get('final_test_acc_bn'))]

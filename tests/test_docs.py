@@ -17,8 +17,12 @@ def test_every_marked_table_in_the_docs_equals_the_one_its_records_make(capsys):
     table that differs; the fix is ``python tables.py docs``)."""
     assert tables.docs(ROOT, check=True) == 0, capsys.readouterr().err
     marked = {(t, f) for p in tables.doc_files(ROOT) for t, f, _, _ in tables.marked_tables(p)[1]}
-    # the budget study's section holds its two tables, from docs/runs/budget (records or not yet)
-    assert {('budget', 'docs/runs/budget'), ('improve', 'docs/runs/budget')} <= marked
+    # the budget study's section holds its two tables, from docs/runs/budget (records or not yet);
+    # the synthetic CPU studies theirs, each from its own records
+    assert {('budget', 'docs/runs/budget'), ('improve', 'docs/runs/budget'), ('demo', 'docs/runs/demo'),
+            ('pbfgs-bn', 'docs/runs/pbfgs-bn'), ('torchrun', 'docs/runs/torchrun')} <= marked
+    for table in ('demo', 'pbfgs-bn', 'torchrun'):
+        assert tables.has_metrics(os.path.join(ROOT, 'docs/runs', table)), table
 
 
 def synthetic_repo(root):

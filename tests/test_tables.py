@@ -202,7 +202,7 @@ def test_torchrun_table_one_row_per_folder_whole_sequences_first(tmp_path):
                         'P-BFGS (d = 6, 3 epochs, batch 256) | P-BFGS, re-estimated |')
     assert lines[2:] == ['| 1 process, whole sequence | 86.85 | 85.35 | 85.45 | 87.05 | 87.15 |',
                          '| 2 ranks, whole sequence | 85.65 | 83.10 | 83.20 | 85.55 | - |',
-                         '| 2 ranks, subspace phase on the 1 process trajectory (one) | - | 85.30 | 85.40 | '
+                         '| 2 ranks, subspace phase on the trajectory of one (1 process) | - | 85.30 | 85.40 | '
                          '86.95 | 87.00 |']
 
 
