@@ -380,7 +380,7 @@ def demo_table(folder):
                     if ratios else ' | ')
         trials = f'{mean_trials(run):.2f}' if run['method'] == 'pbfgs' else ''
         cpu = run['epochs'][-1].get('process_seconds')
-        lines.append(f'| {name} | {run.dimension:,} | {len(run["epochs"])} | {acc_text(run["final_test_acc"])} | '
+        lines.append(f'| {name} | {run.n_trained:,} | {len(run["epochs"])} | {acc_text(run["final_test_acc"])} | '
                      f'{bn_text} | {acc_text(run["best_test_acc"])} | {gap} | {first_text} | {variance} | '
                      f'{trials} | {run["seconds"]:.0f} | {"-" if cpu is None else f"{cpu:.0f}"} |')
     return lines
@@ -430,7 +430,7 @@ def pbfgs_bn_table(folder):
         if run['method'] == 'sgd':
             name, steps, reestimated = 'SGD (the trajectory)', '-', ''
         elif run['method'] == 'pbfgs':
-            d, (start, end) = run.dim, run.snapshot_range
+            d, (start, end) = run.subspace_dim, run.snapshot_range
             name = f'P-BFGS, d = {d} from snapshots {start}..{end - 1}, from snapshot {run["args"].get("train_start", 0)}'
             steps = sum(r['steps'] for r in ep)
             found = evaluations(run["folder"])
@@ -462,7 +462,7 @@ def torchrun_table(folder):
     for m, run in first.items():
         if run is not None:
             head[m] += (f' ({len(run["epochs"])} epochs, batch {run["args"]["batch_size"]})' if m == 'sgd' else
-                        f' (d = {run.dim}, {len(run["epochs"])} epochs, batch {run["args"]["batch_size"]})')
+                        f' (d = {run.subspace_dim}, {len(run["epochs"])} epochs, batch {run["args"]["batch_size"]})')
     lines = [f'| run | {head["sgd"]} | {head["psgd"]} | {head["psgd"].split(" (")[0]}, re-estimated | '
              f'{head["pbfgs"]} | {head["pbfgs"].split(" (")[0]}, re-estimated |',
              '| --- | ---: | ---: | ---: | ---: | ---: |']
