@@ -307,7 +307,8 @@ def test_sgd_lr_milestones(cli, tmp_path):
 
 
 def test_psgd_lr_milestones(cli, trajectory):
-    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', *SMALL, '--save-dir', trajectory]
+    # (2 steps an epoch: the schedule is per epoch)
+    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', '--batch-size', '250', *SMALL, '--save-dir', trajectory]
     cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '1', '2')
     rows = json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['epochs']
     assert [r['lr'] for r in rows] == pytest.approx([0.5, 0.05, 0.005])
