@@ -5,11 +5,11 @@ import pytest
 
 
 @pytest.fixture(scope='session')
-def sgd_run(tmp_path_factory):
-    """(folder, {'stdout', 'stderr'}) of the SGD_ARGS trajectory, trained once per session (do not
-    write into it: copy it)."""
+def sgd_run(tmp_path_factory, small_synthetic):
+    """(folder, {'stdout', 'stderr'}) of the SGD_ARGS trajectory, trained once per session,
+    in-process on ``small_synthetic`` (do not write into it: copy it)."""
     import helpers  # tests/ is on sys.path once a test module is collected
-    return helpers.shared_sgd_run(tmp_path_factory)
+    return helpers.shared_sgd_run(tmp_path_factory, small_synthetic)
 
 
 @pytest.fixture(scope='session')

@@ -172,8 +172,9 @@ def run_in_process(data, script, *args):
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
-def shared_sgd_run(tmp_path_factory):
-    """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller.
+def shared_sgd_run(tmp_path_factory, data):
+    """The SGD_ARGS trajectory in the session's base temp dir, computed by the first caller:
+    ``train_sgd.main`` in-process (:func:`run_in_process`) on ``data``.
 
     The session fixture ``sgd_run`` (conftest.py) returns it; the first test that asks trains,
     the others reuse the folder.  Callers must not write into it (copy it).
@@ -183,7 +184,7 @@ def shared_sgd_run(tmp_path_factory):
     done = folder.with_name(folder.name + '.done.json')
     if not done.exists():
         shutil.rmtree(folder, ignore_errors=True)
-        proc = run('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}')
+        proc = run_in_process(data, 'train_sgd', *SGD_ARGS, f'--save-dir={folder}')
         assert proc.returncode == 0, proc.stderr
         done.write_text(json.dumps({'stdout': proc.stdout, 'stderr': proc.stderr}))
     return folder, json.loads(done.read_text())

@@ -2,10 +2,11 @@
 the offline synthetic dataset at small sizes, checked against the files they write and against an
 independent numpy SVD of the snapshots; ``--help`` of every script.
 
-The SGD trajectory is produced once per session by ``python train_sgd.py`` (the ``sgd_run``
-fixture of conftest.py) and shared with the other test files; tests that write copy it first.
-The subspace runs call ``main(argv)`` in-process (two interpreter start-ups cost more than the
-runs).
+The SGD trajectory is produced once per session (the ``sgd_run`` fixture of conftest.py) and
+shared with the other test files; tests that write copy it first.  The runs call ``main(argv)``
+in-process under ``distributed.run_cli``, as the scripts' ``__main__`` does (an interpreter's
+start-up costs more than these runs; the scripts run as processes in test_reliability.py,
+test_distributed.py and test_tracking.py).
 """
 import json
 import os

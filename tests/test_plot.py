@@ -13,7 +13,7 @@ from PIL import Image
 import models
 import plot
 import utils
-from helpers import ROOT
+from helpers import ROOT, in_process
 
 ARGS = {'arch': 'resnet8', 'datasets': 'synthetic', 'corrupt': 0.0, 'randomseed': 1,
         'smalldatasets': 0.2, 'params_start': 0, 'params_end': 6, 'n_components': 3}
@@ -195,14 +195,18 @@ def test_corrupt_json_is_named(tmp_path):
 
 
 @pytest.mark.parametrize('case', ['empty', 'missing'])
-def test_bad_folder_is_one_error_line(tmp_path, case):
+def test_bad_folder_is_one_error_line(tmp_path, case, capsys):
     folder = tmp_path / 'nothing'
     if case == 'empty':
         folder.mkdir()
         (folder / '0.pt').write_bytes(b'')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), 'curves', str(folder)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith('error: ') and len(proc.stderr.strip().splitlines()) == 1
-    assert 'Traceback' not in proc.stderr and proc.stdout == ''
-    assert str(folder) in proc.stderr
+    if case == 'missing':  # a real process: its exit status and streams
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'plot.py'), 'curves', str(folder)],
+                              capture_output=True, text=True, timeout=120)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:  # main(argv) in-process, under distributed.run_cli as plot.py's __main__
+        code, out, err = in_process(capsys, 'plot', 'curves', folder)
+    assert code == 2
+    assert err.startswith('error: ') and len(err.strip().splitlines()) == 1
+    assert 'Traceback' not in err and out == ''
+    assert str(folder) in err

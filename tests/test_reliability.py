@@ -3,8 +3,8 @@ no mixing of trajectories, one-line errors (exit 2, no traceback, nothing delete
 losses.
 
 Real subprocesses where the process boundary is the point (the killed run, a crafted unsafe
-file); the resume after the kill (which reads nothing but the killed run's files) and the error
-table run ``main(argv)`` in-process through ``distributed.run_cli`` (what the scripts'
+file); the uninterrupted run, the resume after the kill (which reads nothing but the killed run's
+files) and the error table run ``main(argv)`` in-process through ``distributed.run_cli`` (what the scripts'
 ``__main__`` does) with the synthetic dataset generated once, because ~30 interpreter start-ups
 would cost more than this whole file.
 """
@@ -23,8 +23,8 @@ import torch
 
 import models
 import utils
-from helpers import (SGD_ARGS, SMALL, assert_one_line_error, file_state, in_process, in_process_state, run,
-                     start)
+from helpers import (RUNNER, SGD_ARGS, SMALL, assert_one_line_error, file_state, in_process, in_process_state,
+                     run, start)
 
 
 @pytest.fixture
@@ -74,10 +74,14 @@ def kill_after_first_checkpoint(proc, folder, timeout=240):
     proc.wait()
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, synthetic, capsys, monkeypatch):
+def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, small_synthetic, small_synthetic_file,
+                                                       capsys, monkeypatch):
     folder = tmp_path / 'killed'
+    # train_sgd.py's __main__ in a process of its own (run_script.py), on the data of the
+    # uninterrupted run (sgd_run: in-process on small_synthetic)
     with open(tmp_path / 'killed.log', 'w') as log:
-        proc = start('train_sgd.py', *SGD_ARGS, f'--save-dir={folder}', stdout=log, stderr=subprocess.STDOUT)
+        proc = start(RUNNER, 'package', '--synthetic', small_synthetic_file, 'train_sgd', *SGD_ARGS,
+                     f'--save-dir={folder}', stdout=log, stderr=subprocess.STDOUT)
     killer = threading.Thread(target=kill_after_first_checkpoint, args=(proc, folder))
     killer.start()
     try:  # the uninterrupted run (unless test_cli.py ran it already) trains meanwhile
@@ -91,8 +95,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, synth
             load(folder / name)
 
     # the resume reads nothing but the killed run's files: main() in this process, on the same
-    # (whole) synthetic data and one thread as the uninterrupted run's interpreter
-    with in_process_state(monkeypatch, synthetic):
+    # data and one thread as the other two runs
+    with in_process_state(monkeypatch, small_synthetic):
         code, out, err = in_process(capsys, 'train_sgd', *SGD_ARGS, f'--save-dir={folder}', '--resume', 'auto')
     assert code == 0, err
     assert 'resumed from' in out and 'at epoch 1' in out
@@ -307,7 +311,8 @@ def test_sgd_lr_milestones(cli, tmp_path):
 
 
 def test_psgd_lr_milestones(cli, trajectory):
-    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', *SMALL, '--save-dir', trajectory]
+    # (2 steps an epoch: the schedule is per epoch)
+    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', '--batch-size', '250', *SMALL, '--save-dir', trajectory]
     cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '1', '2')
     rows = json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['epochs']
     assert [r['lr'] for r in rows] == pytest.approx([0.5, 0.05, 0.005])
