@@ -74,8 +74,8 @@ def kill_after_first_checkpoint(proc, folder, timeout=240):
     proc.wait()
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, small_synthetic, small_synthetic_file,
-                                                       capsys, monkeypatch):
+def test_resume_after_sigkill_matches_uninterrupted_run(request, tmp_path, small_synthetic,
+                                                       small_synthetic_file, capsys, monkeypatch):
     folder = tmp_path / 'killed'
     # train_sgd.py's __main__ in a process of its own (run_script.py), on the data of the
     # uninterrupted run (sgd_run: in-process on small_synthetic)
@@ -312,7 +312,8 @@ def test_sgd_lr_milestones(cli, tmp_path):
 
 def test_psgd_lr_milestones(cli, trajectory):
     # (2 steps an epoch: the schedule is per epoch)
-    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', '--batch-size', '250', *SMALL, '--save-dir', trajectory]
+    base = [*SUBSPACE[:-len(SMALL) - 2], '--epochs', '3', '--batch-size', '250', *SMALL,
+            '--save-dir', trajectory]
     cli.ok('train_psgd', *base, '--lr', '0.5', '--lr-milestones', '1', '2')
     rows = json.loads((trajectory / 'metrics_psgd_d2_0-3.json').read_text())['epochs']
     assert [r['lr'] for r in rows] == pytest.approx([0.5, 0.05, 0.005])

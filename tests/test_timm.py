@@ -43,7 +43,8 @@ def timm_vit(**kwargs):
 def vit_trajectory(tmp_path_factory, small_synthetic):
     """A ViT's SGD trajectory, snapshots 0..2."""
     path = tmp_path_factory.mktemp('vit')
-    proc = run_in_process(small_synthetic, 'train_sgd', *COMMON, '--epochs', '2', '--lr', '0.01', '--save-dir', path)
+    proc = run_in_process(small_synthetic, 'train_sgd', *COMMON, '--epochs', '2', '--lr', '0.01',
+                          '--save-dir', path)
     assert proc.returncode == 0, proc.stderr
     return path
 
@@ -58,7 +59,8 @@ def test_vit_sgd_snapshots_psgd_pbfgs(vit_trajectory, small_synthetic):
     model.load_state_dict(snap)  # strict
 
     subspace = ['--params_start', '0', '--params_end', '3', '--n_components', '2', '--epochs', '1']
-    proc = run_in_process(small_synthetic, 'train_psgd', *COMMON, *subspace, '--lr', '0.1', '--save-dir', tmp_path)
+    proc = run_in_process(small_synthetic, 'train_psgd', *COMMON, *subspace, '--lr', '0.1',
+                          '--save-dir', tmp_path)
     assert proc.returncode == 0, proc.stderr
     proc = run_in_process(small_synthetic, 'train_pbfgs', *COMMON, *subspace, '--batch-size', '256',
                           '--save-dir', tmp_path)
