@@ -24,7 +24,7 @@ n = 0
 EXTRA = set()
 for pa in sorted(glob.glob(os.path.join(a, '**', '*.pt'), recursive=True)):
     pb = os.path.join(b, os.path.relpath(pa, a))
-    same(torch.load(pa, weights_only=False), torch.load(pb, weights_only=False), pa); n += 1
+    same(torch.load(pa, weights_only=True), torch.load(pb, weights_only=True), pa); n += 1
 for pa in sorted(glob.glob(os.path.join(a, '**', 'metrics_*.json'), recursive=True)):
     pb = os.path.join(b, os.path.relpath(pa, a))
     ja, jb = json.load(open(pa)), json.load(open(pb))
