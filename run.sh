@@ -16,12 +16,13 @@
 #   bash run.sh sweep        the dimension sweep (sweep.py) at CI size on synthetic data: dldr, twa,
 #                            random, fastfood at d = 2, 4, 6 -> table and figure in runs/sweep
 #   DATA=/path/to/cifar bash run.sh resnet8
-#                            the paper's ResNet8 / CIFAR-10 table: SGD 30 epochs (seeds 1 2), P-SGD
+#                            the paper's ResNet8 / CIFAR-10 table: SGD 30 epochs (seeds 1 2 3), P-SGD
 #                            in 15 D from the first 30 epochs, P-SGD in random subspaces of 10% of n
 #                            (fixed dense, re-drawn every step, Fastfood) -> table beside the
 #                            paper's (tables.py) and figures in runs/resnet8
 #   DATA=/path/to/cifar bash run.sh pbfgs-batch
-#                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024
+#                            after resnet8: P-BFGS in the same 15-D subspace at batch 128, 256, 1024,
+#                            and how many images --bn-update needs (tables.py bn-images)
 #   DATA=/path/to/cifar bash run.sh noise
 #                            label noise 20% and 40% (ResNet8, 20k images, no augmentation; the
 #                            reference's noise model, labels redrawn from all classes;
@@ -213,10 +214,10 @@ resnet8() {
     # (x0.1 after 15 and 25) per seed; P-SGD 5 epochs (lr 1, x0.1 after 3 and 4) in the 15-D DLDR
     # subspace of snapshots 0..30 of each seed, and in random / re-drawn / Fastfood subspaces of
     # d = 7,529 (10% of n = 75,290) from snapshot 0 of the first seed.
-    local dir common seeds=${SEEDS:-1 2} e m pe pm end d rd
+    local dir common seeds=${SEEDS:-1 2 3} e m pe pm end d rd
     if [ "${SIZE:-full}" = ci ]; then
         dir=runs/resnet8_ci common="--datasets synthetic --smalldatasets 0.2 --arch resnet8 -p 0"
-        e=6 m="3 5" pe=2 pm=1 end=7 d=5 rd=750
+        seeds=${SEEDS:-1 2} e=6 m="3 5" pe=2 pm=1 end=7 d=5 rd=750
     else
         dir=runs/resnet8 common="--datasets CIFAR10 --data-dir ${DATA:-./data} --arch resnet8 -p 100"
         e=30 m="15 25" pe=5 pm="3 4" end=31 d=15 rd=7529
@@ -263,7 +264,21 @@ pbfgs_batch() {
             --epochs $e --batch-size $b --curvature-pairs $pairs --params_start 0 --params_end $end \
             --n_components $d --pretrain-dir "$dir/sgd_s1" --save-dir "$out" "$@"
     done
+    # --bn-update's size: the batch-1024 model evaluated (-e) with BatchNorm re-estimated on n
+    # batches of 128 training images (0: the running statistics), two data-order seeds; each
+    # stdout kept as a record (evaluate_b128_n<n>_s<seed>.log, tables.py bn-images)
+    out="$dir/sgd_s1/pbfgs_b1024"
+    local s n
+    for s in 1 2; do
+        for n in ${BN_BATCHES:-1 2 4 8 16 80 0}; do
+            [ -s "$out/evaluate_b128_n${n}_s$s.log" ] && continue
+            $py train_pbfgs.py -e $common --batch-size 128 --bn-update $n --randomseed $s --params_start 0 \
+                --params_end $end --n_components $d --pretrain-dir "$dir/sgd_s1" --save-dir "$out" "$@" \
+                > "$out/evaluate_b128_n${n}_s$s.log.part" && mv "$out/evaluate_b128_n${n}_s$s.log.part" "$out/evaluate_b128_n${n}_s$s.log"
+        done
+    done
     python tables.py pbfgs-batch "$dir"
+    python tables.py bn-images "$dir"
 }
 
 noise() {

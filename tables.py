@@ -3,6 +3,7 @@
     python tables.py resnet8 runs/resnet8          # ResNet8 / CIFAR-10: SGD, random, DLDR (bash run.sh resnet8)
     python tables.py noise runs/noise              # label noise: SGD best and final, P-BFGS, P-SGD (bash run.sh noise)
     python tables.py pbfgs-batch runs/resnet8      # P-BFGS at batch 128 / 256 / 1024 (bash run.sh pbfgs-batch)
+    python tables.py bn-images runs/resnet8        # --bn-update: how many images BatchNorm needs (bash run.sh pbfgs-batch)
     python tables.py vit runs/vit                  # a trained ViT fine-tuned in a subspace (bash run.sh vit)
     python tables.py budget runs/budget            # SGD's accuracy from fewer SGD epochs, timed (bash run.sh budget)
     python tables.py improve runs/budget           # a trained model improved (bash run.sh budget)
@@ -386,16 +387,17 @@ def demo_table(folder):
     return lines
 
 
-EVALUATE_LOG = re.compile(r'^evaluate_b(?P<batch>\d+)_n\d+\.log$')
+EVALUATE_LOG = re.compile(r'^evaluate_b(?P<batch>\d+)_n\d+(?:_s(?P<seed>\d+))?\.log$')
 EVALUATE_LINE = re.compile(r': test loss \S+ acc +(?P<acc>[\d.]+)%.*\((?:BatchNorm running statistics|'
                            r'BatchNorm statistics re-estimated on (?P<n>\d+) training batch(?:es)?)\)\s*$')
 
 
-def evaluations(folder):
+def evaluations(folder, running=False):
     """{(batch size, N): test acc} of the ``-e`` logs in ``folder`` (``evaluate_b<B>_n<N>.log``,
     the stdout of ``train_pbfgs.py -e --batch-size B --bn-update N``): the saved model with its
-    statistics re-estimated on N training batches of B, N as the run reports it (0: the running
-    statistics)."""
+    statistics re-estimated on N training batches of B, N as the run reports it; with
+    ``running``, also N = 0: the running statistics (the reference's metric).  Logs of several
+    data-order seeds (``..._s<seed>.log``) key by (batch size, N, seed)."""
     found = {}
     for path in sorted(glob.glob(os.path.join(folder, 'evaluate_b*_n*.log'))):
         m = EVALUATE_LOG.match(os.path.basename(path))
@@ -403,9 +405,28 @@ def evaluations(folder):
             continue
         for line in open(path, encoding='utf-8'):
             e = EVALUATE_LINE.search(line)
-            if e and e['n'] is not None:
-                found[(int(m['batch']), int(e['n']))] = float(e['acc'])
+            if e and (running or e['n'] is not None):
+                key = (int(m['batch']), int(e['n'] or 0))
+                found[key + ((int(m['seed']),) if m['seed'] else ())] = float(e['acc'])
     return found
+
+
+def bn_images_table(folder):
+    """Rows of the ``--bn-update`` size table (bash run.sh pbfgs-batch): the batch-1024 P-BFGS
+    model of seed 1's trajectory (``folder``/sgd_s1/pbfgs_b1024) evaluated with its statistics
+    re-estimated on N training batches of 128, a row per data-order seed, a column per number of
+    images (N × 128), the last column the running statistics (the reference's metric)."""
+    found = evaluations(os.path.join(folder, 'sgd_s1', 'pbfgs_b1024'), running=True)
+    found = {k: v for k, v in found.items() if len(k) == 3 and k[0] == 128}  # the recipe's batch
+    images = sorted({b * n for b, n, _ in found if n})
+    lines = ['| images | ' + ' | '.join(f'{i:,}' + (' (default)' * (i == flags.BN_UPDATE_IMAGES))
+                                        for i in images) + ' | off (running statistics) |',
+             '| --- |' + ' ---: |' * (len(images) + 1)]
+    for seed in sorted({s for _, _, s in found}):
+        by_images = {b * n: acc for (b, n, s), acc in found.items() if s == seed}
+        cells = [acc_text(by_images.get(i)) for i in images + [0]]
+        lines.append(f'| seed {seed} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def run_folders(folder):
@@ -492,13 +513,14 @@ def torchrun_table(folder):
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
           'vit': vit_table, 'budget': budget_table, 'improve': improve_table,
           'gpu-headline': gpu_headline_table, 'demo': demo_table, 'pbfgs-bn': pbfgs_bn_table,
-          'torchrun': torchrun_table}
+          'torchrun': torchrun_table, 'bn-images': bn_images_table}
 # table -> (the run.sh recipe that makes its runs, the folder the recipe writes them into)
 RECIPES = {'resnet8': ('resnet8', 'runs/resnet8'), 'noise': ('noise', 'runs/noise'),
            'pbfgs-batch': ('pbfgs-batch', 'runs/resnet8'), 'vit': ('vit', 'runs/vit'),
            'budget': ('budget', 'runs/budget'), 'improve': ('budget', 'runs/budget'),
            'gpu-headline': ('gpu-headline', 'runs/gpu_headline'), 'demo': ('demo', 'runs/demo'),
-           'pbfgs-bn': ('pbfgs-bn', 'runs/pbfgs_bn'), 'torchrun': ('torchrun', 'runs/torchrun')}
+           'pbfgs-bn': ('pbfgs-bn', 'runs/pbfgs_bn'), 'torchrun': ('torchrun', 'runs/torchrun'),
+           'bn-images': ('pbfgs-batch', 'runs/resnet8')}
 
 # ---------------------------------------------------------------------------------------------
 # Provenance: the records of the docs' tables (docs/runs/<table>/) and the tables between markers.

@@ -179,6 +179,26 @@ def test_pbfgs_bn_table_running_statistics_and_the_evaluations_beside_each_run(t
     assert tables.is_record('evaluate_b256_n40.log') and not tables.is_record('evaluate_notes.log')
 
 
+def test_bn_images_table_a_row_per_seed_a_column_per_image_count(tmp_path):
+    """Columns: N batches × 128 images in increasing order (2,048 marked the default), then the
+    running statistics (the line every -e log prints, whatever N); a cell the seed did not
+    measure is '-'; the logs of other batch sizes and without a seed are not this table's."""
+    folder = tmp_path / 'sgd_s1' / 'pbfgs_b1024'
+    folder.mkdir(parents=True)
+    evaluate_log(folder / 'evaluate_b128_n1_s1.log', 77.87, 77.20, 1)
+    evaluate_log(folder / 'evaluate_b128_n16_s1.log', 77.87, 78.00, 16)
+    evaluate_log(folder / 'evaluate_b128_n0_s1.log', 77.87)
+    evaluate_log(folder / 'evaluate_b128_n1_s2.log', 77.50, 77.37, 1)
+    evaluate_log(folder / 'evaluate_b256_n1_s2.log', 70.0, 70.0, 1)
+    evaluate_log(folder / 'evaluate_b128_n2.log', 70.0, 70.0, 2)
+    lines = tables.bn_images_table(str(tmp_path))
+    assert lines == ['| images | 128 | 2,048 (default) | off (running statistics) |',
+                     '| --- | ---: | ---: | ---: |',
+                     '| seed 1 | 77.20 | 78.00 | 77.87 |',
+                     '| seed 2 | 77.37 | - | 77.50 |']
+    assert tables.is_record('evaluate_b128_n16_s2.log')
+
+
 def test_torchrun_table_one_row_per_folder_whole_sequences_first(tmp_path):
     """A row per sub-folder: the world size from the records, 'whole sequence' where the folder
     holds its SGD run, else the subspace phase on the trajectory its basis came from; each
