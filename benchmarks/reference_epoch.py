@@ -41,7 +41,8 @@ runpy.run_path('train_sgd.py', run_name='__main__')
 '''
 
 REF_EPOCH = re.compile(r'Total time for epoch \[(\d+)\] : ([0-9.]+)')
-OUR_EPOCH = re.compile(r'epoch\s+(\d+)/\d+ .* train ([0-9.]+)s eval ([0-9.]+)s')
+OUR_EPOCH = re.compile(r'epoch\s+(\d+)/\d+ .*test loss [0-9.]+ acc\s+([0-9.]+)%.* train ([0-9.]+)s eval ([0-9.]+)s')
+REF_ACC = re.compile(r' \* Prec@1 ([0-9.]+)')
 
 
 def run(cmd, cwd, env):
@@ -64,7 +65,7 @@ def reference(args, scratch, env):
             f.write(SHIM)
     out = run([sys.executable, 'shim.py', '-a', args.arch, '--epochs', str(args.epochs),
                '--save-dir', 'save', '--randomseed', '1'], work, env)
-    return [float(t) for _, t in REF_EPOCH.findall(out)], None
+    return [float(t) for _, t in REF_EPOCH.findall(out)], None, [float(a) for a in REF_ACC.findall(out)]
 
 
 def ours(args, scratch, env, extra):
@@ -74,7 +75,8 @@ def ours(args, scratch, env, extra):
                '--print-freq', '0', *extra], ROOT, env)
     shutil.rmtree(save)
     rows = OUR_EPOCH.findall(out)
-    return [float(t) for _, t, _ in rows], [float(e) for _, _, e in rows]
+    return ([float(t) for _, _, t, _ in rows], [float(e) for *_, e in rows],
+            [float(a) for _, a, _, _ in rows])
 
 
 VARIANTS = {
@@ -82,6 +84,10 @@ VARIANTS = {
     'ours': [],
     'ours --compile': ['--compile'],
     'ours --compile --channels-last': ['--compile', '--channels-last'],
+    # bf16 autocast: another precision (a fast path on CPUs with AMX / AVX512-BF16), not the
+    # reference's float32 protocol; reported apart
+    'ours --amp bf16 --channels-last': ['--amp', 'bf16', '--channels-last'],
+    'ours --compile --amp bf16 --channels-last': ['--compile', '--amp', 'bf16', '--channels-last'],
 }
 
 
@@ -107,19 +113,19 @@ def main():
     try:
         for r in range(args.rounds):
             for name in args.only:
-                train, evals = (reference(args, scratch, env) if VARIANTS[name] is None
-                                else ours(args, scratch, env, VARIANTS[name]))
+                train, evals, accs = (reference(args, scratch, env) if VARIANTS[name] is None
+                                      else ours(args, scratch, env, VARIANTS[name]))
                 times[name].append(train)
                 ev = '' if evals is None else '  eval ' + ' '.join(f'{e:.1f}' for e in evals)
-                print(f'round {r + 1} {name:32s} train s/epoch ' + ' '.join(f'{t:.1f}' for t in train)
-                      + ev, flush=True)
+                print(f'round {r + 1} {name:42s} train s/epoch ' + ' '.join(f'{t:.1f}' for t in train)
+                      + ev + '  test acc ' + ' '.join(f'{a:.2f}' for a in accs), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     last = {name: statistics.median(t[-1] for t in ts) for name, ts in times.items()}
     print(f'\nlast epoch ({args.arch}, median of {args.rounds} round(s)):')
     for name, t in last.items():
         rel = f'  {t / last["reference"]:.3f} of the reference' if 'reference' in last else ''
-        print(f'  {name:32s} {t:7.1f} s{rel}')
+        print(f'  {name:42s} {t:7.1f} s{rel}')
 
 
 if __name__ == '__main__':
