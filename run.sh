@@ -46,6 +46,21 @@
 #                            holds train/ and val/), AdamW from scratch, SGD fine-tuning with
 #                            snapshots, then P-SGD / P-BFGS in their span -> table in runs/vit
 #                            (SIZE=ci: synthetic data, timm's test_vit, a minute)
+#   DATA=/path/to/cifar10k bash run.sh kinds
+#                            the subspace kinds side by side on a 10k / 2k CIFAR-10 subset (DATA
+#                            holds its cifar-10-batches-py): ResNet20 SGD 30 epochs at constant lr
+#                            0.1, then P-SGD 3 epochs in DLDR, random (from snapshot 0 and from 3),
+#                            Fastfood and TWA subspaces over d (sweep.py) -> tables.py kinds and
+#                            the accuracy-vs-d figure in runs/kinds
+#   DATA=/path/to/cifar10_jpeg bash run.sh imagefolder
+#                            the ImageNet path on an ImageFolder (DATA holds train/ and val/):
+#                            torchvision's ResNet-18 at 32 px on 5,000 images, SGD 4 epochs with a
+#                            snapshot every 10 iterations, P-SGD / P-BFGS in the 8-D subspace, SGD
+#                            fine-tuning, and P-BFGS's diagnostics -> tables.py imagefolder /
+#                            imagefolder-diagnosis in runs/imagefolder
+#                            These two: SIZE=ci runs the same steps on synthetic data in under 2
+#                            minutes (CI does); finished steps are skipped, SGD resumes; OUT sets
+#                            the folder.
 #   DATA=/path/to/cifar bash run.sh gpu-check
 #                            the first command on a machine with a GPU: the CUDA tests, bench on
 #                            CUDA (and its section 9: torch.compile, CUDA graphs, channels_last
@@ -207,6 +222,19 @@ sgd_once() {  # $1: save-dir, $2: log, then train_sgd.py's flags: resumes an int
     shift 2
     if finished "$dir/metrics_sgd.json"; then echo "done already: $dir/metrics_sgd.json"; return; fi
     $py train_sgd.py --save-dir "$dir" --resume auto "$@" |& tee -a "$log"
+}
+
+need_data() {  # $1: the recipe, then the folders DATA must hold: an error line and exit 2 unless it does
+    local recipe=$1 sub wanted
+    shift
+    wanted=$(printf '%s/ ' "$@")
+    if [ -z "${DATA:-}" ]; then
+        echo "error: $recipe needs DATA=/path/to/data holding ${wanted% } (SIZE=ci: synthetic data instead)" >&2
+        exit 2
+    fi
+    for sub in "$@"; do
+        [ -d "$DATA/$sub" ] || { echo "error: DATA=$DATA holds no $sub/ ($recipe needs ${wanted% })" >&2; exit 2; }
+    done
 }
 
 resnet8() {
@@ -408,6 +436,88 @@ budget() {
     python plot.py budget "$dir" --out "$dir" |& tee -a "$dir/log"
 }
 
+kinds() {
+    # The subspace kinds side by side (docs/RESULTS.md).  Full: DATA holds the cifar-10-batches-py
+    # of a 10,000 / 2,000 CIFAR-10 subset; ResNet20, SGD 30 epochs at constant lr 0.1 (snapshots
+    # 0..30).  Then P-SGD on one budget for every kind (3 epochs, lr 1, x0.1 after 2, BatchNorm
+    # re-estimated on 10 batches), one seed: sweep.py over d for DLDR (snapshots 0..30), random
+    # from snapshot 0 and from snapshot 3 (a burn-in subspace) and Fastfood; TWA in the last d
+    # snapshots, from their mean.  Each kind in its own folder ($dir/dldr, ...) beside the
+    # trajectory ($dir/sgd); then tables.py kinds and the accuracy-vs-d figure.  OUT sets the folder.
+    # SIZE=ci: 500 synthetic images, ResNet8, SGD 4 epochs, P-SGD 1 epoch at one or two d per kind.
+    local dir common e pe pm dldr random burnin fastfood twa
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=${OUT:-runs/kinds_ci} common="--datasets synthetic --smalldatasets 0.05 --arch resnet8 -p 0"
+        e=4 pe=1 pm="" dldr="2 4" random="2 40" burnin=2 fastfood=40 twa="2 4"
+    else
+        need_data kinds cifar-10-batches-py
+        dir=${OUT:-runs/kinds} common="--datasets CIFAR10 --data-dir $DATA --arch resnet20 -p 0"
+        e=30 pe=3 pm=2 dldr="5 10 15 30" random="5 10 15 40 500 2000" burnin="5 10 15 40"
+        fastfood="40 500 2000 5000 20000" twa="5 10 15 30"
+    fi
+    local end=$((e + 1)) d
+    mkdir -p "$dir"
+    sgd_once "$dir/sgd" "$dir/log" $common --lr 0.1 --epochs $e --lr-milestones "$@"
+    local sub="$common --epochs $pe --lr 1 --lr-milestones $pm --bn-update 10 --pretrain-dir $dir/sgd --params_end $end"
+    $py sweep.py --save-dir "$dir/dldr" --kinds dldr --dims $dldr --seeds 1 -- $sub --params_start 0 \
+        "$@" |& tee -a "$dir/log"
+    $py sweep.py --save-dir "$dir/random" --kinds random --dims $random --seeds 1 -- $sub --params_start 0 \
+        "$@" |& tee -a "$dir/log"
+    $py sweep.py --save-dir "$dir/burnin" --kinds random --dims $burnin --seeds 1 -- $sub --params_start 0 \
+        --train-start 3 "$@" |& tee -a "$dir/log"
+    $py sweep.py --save-dir "$dir/fastfood" --kinds fastfood --dims $fastfood --seeds 1 -- $sub --params_start 0 \
+        "$@" |& tee -a "$dir/log"
+    for d in $twa; do
+        once "$dir/twa/metrics_psgd_twa_d${d}_$((end - d))-$end.json" "$dir/log" train_psgd.py $sub --subspace twa \
+            --params_start $((end - d)) --n_components $d --save-dir "$dir/twa" "$@"
+    done
+    python tables.py kinds "$dir"
+    python plot.py dims "$dir"/{sgd,dldr,twa,random,burnin,fastfood} --out "$dir" |& tee -a "$dir/log"
+}
+
+imagefolder() {
+    # The ImageNet path (--datasets ImageNet) on a small ImageFolder, and why P-BFGS makes no
+    # progress there (docs/RESULTS.md).  Full: DATA holds train/ and val/ (the CIFAR-10 JPEGs);
+    # torchvision's ResNet-18 at 32 px on 5,000 training images (--smalldatasets 0.1).  SGD 4
+    # epochs (x0.1 after 3), a snapshot every 10 iterations (0..16, 4 an epoch), in $dir/sgd.  In
+    # the 8-D DLDR subspace of every 2nd of them, from snapshot 0: P-SGD 2 epochs (lr 1, x0.1 after
+    # 1), P-BFGS 2 epochs of batch 256 with consecutive (the paper's) and with same-batch
+    # curvature pairs; the diagnosis: P-BFGS 1 epoch, P-BFGS 1 epoch in the subspace of snapshots
+    # 8..16 from snapshot 8, P-SGD 1 epoch (lr 1).  SGD fine-tuning from snapshot 16 (--pretrained,
+    # lr 0.005, 1 epoch).  Then tables.py imagefolder / imagefolder-diagnosis.  OUT sets the
+    # folder.  SIZE=ci: 500 synthetic images, ResNet8, a snapshot every iteration (4 an epoch, so
+    # the same snapshots 0..16).
+    local dir common every
+    if [ "${SIZE:-full}" = ci ]; then
+        dir=${OUT:-runs/imagefolder_ci} common="--datasets synthetic --smalldatasets 0.05 --arch resnet8 -p 0"
+        every=1
+    else
+        need_data imagefolder train val
+        dir=${OUT:-runs/imagefolder}
+        common="--datasets ImageNet --data-dir $DATA --arch resnet18 --image-size 32 --smalldatasets 0.1 -j 1 -p 0"
+        every=10
+    fi
+    mkdir -p "$dir"
+    sgd_once "$dir/sgd" "$dir/log" $common --lr 0.1 --epochs 4 --lr-milestones 3 --snapshot-every $every "$@"
+    local basis="$common --params_start 0 --params_end 17 --params-step 2 --n_components 8 --pretrain-dir $dir/sgd"
+    local tag=d8_0-17_step2 pairs
+    once "$dir/psgd/metrics_psgd_$tag.json" "$dir/log" train_psgd.py $basis --lr 1 --epochs 2 --lr-milestones 1 \
+        --save-dir "$dir/psgd" "$@"
+    for pairs in consecutive same-batch; do
+        once "$dir/pbfgs_$pairs/metrics_pbfgs_$tag.json" "$dir/log" train_pbfgs.py $basis -b 256 --epochs 2 \
+            --curvature-pairs $pairs --save-dir "$dir/pbfgs_$pairs" "$@"
+    done
+    once "$dir/pbfgs_diag_from0/metrics_pbfgs_$tag.json" "$dir/log" train_pbfgs.py $basis -b 256 --epochs 1 \
+        --save-dir "$dir/pbfgs_diag_from0" "$@"
+    once "$dir/pbfgs_diag_from8/metrics_pbfgs_d8_8-17.json" "$dir/log" train_pbfgs.py $common -b 256 --epochs 1 \
+        --params_start 8 --params_end 17 --n_components 8 --pretrain-dir "$dir/sgd" --save-dir "$dir/pbfgs_diag_from8" "$@"
+    once "$dir/psgd_from0/metrics_psgd_$tag.json" "$dir/log" train_psgd.py $basis --lr 1 --epochs 1 \
+        --save-dir "$dir/psgd_from0" "$@"
+    sgd_once "$dir/finetune" "$dir/log" $common --pretrained "$dir/sgd/16.pt" --lr 0.005 --epochs 1 "$@"
+    python tables.py imagefolder "$dir"
+    python tables.py imagefolder-diagnosis "$dir"
+}
+
 gpu_check() {
     # One GPU, under 8 minutes: what CI (CPU only) cannot check.  Prints what it measured.
     python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
@@ -528,9 +638,11 @@ case "$mode" in
     noise) noise "$@" ;;
     vit) vit "$@" ;;
     budget) budget "$@" ;;
+    kinds) kinds "$@" ;;
+    imagefolder) imagefolder "$@" ;;
     gpu-check) gpu_check "$@" ;;
     gpu-headline) gpu_headline "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|pbfgs-bn|torchrun|sweep|resnet8|pbfgs-batch|noise|vit|budget|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|pbfgs-bn|torchrun|sweep|resnet8|pbfgs-batch|noise|vit|budget|kinds|imagefolder|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

@@ -11,9 +11,13 @@
     python tables.py demo runs/demo                # the demo: SGD, P-SGD, P-BFGS on synthetic data (bash run.sh demo)
     python tables.py pbfgs-bn runs/pbfgs_bn        # P-BFGS at batch 1024 / 256, BatchNorm statistics (bash run.sh pbfgs-bn)
     python tables.py torchrun runs/torchrun        # one process against 2 ranks under torchrun (bash run.sh torchrun)
+    python tables.py kinds runs/kinds              # P-SGD in each subspace kind over d (bash run.sh kinds)
+    python tables.py imagefolder runs/imagefolder  # SGD, P-SGD, P-BFGS on an ImageFolder (bash run.sh imagefolder)
+    python tables.py imagefolder-diagnosis runs/imagefolder  # why P-BFGS is stuck there (bash run.sh imagefolder)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
-SGD trajectory: ``sgd_s<seed>`` for resnet8 and gpu-headline, ``c<level>`` for noise), prints a
+SGD trajectory: ``sgd_s<seed>`` for resnet8 and gpu-headline, ``c<level>`` for noise; kinds and
+imagefolder: the trajectory in ``sgd`` and a sub-folder per kind or run beside it), prints a
 markdown table and writes it to ``<folder>/<table>.md``.  Means are over the runs found, ``±`` the sample
 standard deviation (as the paper reports its trials); a row of one run shows no ``±``.
 
@@ -49,6 +53,7 @@ import distributed
 import flags
 import metrics
 import pipelines
+import sweep
 import utils
 from dldr import PBFGS
 from errors import UserError
@@ -144,18 +149,22 @@ def noise_table(folder):
 
 def pbfgs_counters(row):
     """P-BFGS's counters of an epoch's row (``PBFGS.reset_stats``); rows written before the
-    sums were kept hold only their means, from which the sums follow."""
+    sums were kept hold only their means, from which the sums follow.  A sum the row lacks, or
+    holds as null (the JSON's non-finite value: a diverged loss, or ``captured_sum`` with a
+    basis sharded over ranks), is NaN."""
     steps, failed, skipped = row['steps'], row['failed_searches'], row['nonfinite_skips']
     accepted, evaluated = max(steps - failed - skipped, 1), max(steps - skipped, 1)
-    nan = float('nan')
-    return {'steps': steps, 'trials': row.get('trials', row['mean_trials'] * steps),
+
+    def total(key, mean, count):
+        value = row[key] if key in row else (None if row.get(mean) is None else row[mean] * count)
+        return float('nan') if value is None else value
+    return {'steps': steps, 'trials': total('trials', 'mean_trials', steps),
             'failed_searches': failed, 'nonfinite_skips': skipped,
             'curvature_skips': row.get('curvature_skips', 0),
-            'step_size_sum': row.get('step_size_sum', row['mean_step_size'] * accepted),
-            'accepted_loss_sum': row.get('accepted_loss_sum',
-                                         row.get('own_batch_loss_after_step', nan) * accepted),
-            'loss_sum': row.get('loss_sum', row.get('loss_before_step', nan) * evaluated),
-            'captured_sum': row.get('captured_sum', row.get('gradient_captured', nan) * evaluated)}
+            'step_size_sum': total('step_size_sum', 'mean_step_size', accepted),
+            'accepted_loss_sum': total('accepted_loss_sum', 'own_batch_loss_after_step', accepted),
+            'loss_sum': total('loss_sum', 'loss_before_step', evaluated),
+            'captured_sum': total('captured_sum', 'gradient_captured', evaluated)}
 
 
 def pbfgs_batch_table(folder):
@@ -510,17 +519,174 @@ def torchrun_table(folder):
     return lines + [row for *_, row in sorted(rows)]
 
 
+# The kinds table's subspace kinds, in its order, by name; DLDR's and TWA's bases span the
+# snapshots, the others' only start from one.
+KIND_NAMES = {'dldr': 'DLDR', 'twa': 'TWA', 'random': 'random', 'fastfood': 'Fastfood',
+              'redrawn': 'random, re-drawn every step'}
+SPANNED_KINDS = ('dldr', 'twa')
+THRESHOLD_TARGET = 0.9  # sweep.py's --target: the threshold d reaches 90 % of SGD's final accuracy
+
+
+def kinds_row(run):
+    """(the kinds table's row of a subspace run, its place in the table): the kind, the
+    snapshots a DLDR or TWA basis spans ('the last d snapshots up to K' where the range is d
+    long, as TWA's in bash run.sh kinds) and where training started."""
+    (first, end), d = run.snapshot_range, run.subspace_dim
+    start = (run.get('basis') or {}).get('start', first)
+    where = 'from their mean' if start == 'mean' else f'from snapshot {start}'
+    name = KIND_NAMES.get(run.kind, run.kind)
+    if run.kind in SPANNED_KINDS:
+        span = f'the last d snapshots up to {end - 1}' if end - first == d else f'snapshots {first}..{end - 1}'
+        name += f', {span}'
+    order = list(KIND_NAMES).index(run.kind) if run.kind in KIND_NAMES else len(KIND_NAMES)
+    return f'{name}, {where}', (order, -1 if start == 'mean' else start)
+
+
+def acc_pair(runs):
+    """'74.00 / 74.40': the runs' final test accuracy with the running BatchNorm statistics, then
+    re-estimated where every run measured it; mean ± std over several runs (seeds)."""
+    bn = [r.get('final_test_acc_bn') for r in runs]
+    return _pm([r['final_test_acc'] for r in runs]) + ('' if None in bn else f' / {_pm(bn)}')
+
+
+def kinds_table(folder):
+    """Rows of the subspace-kinds table (bash run.sh kinds) from every run under ``folder``: the
+    SGD trajectory, then a row per subspace kind and start (:func:`kinds_row`) with a column per
+    d.  A cell is :func:`acc_pair`: ``final_test_acc`` (the running statistics, the reference's
+    metric) / ``final_test_acc_bn``; SGD's is in the column of all its parameters.  The last
+    column is the row's threshold training dimension as sweep.py computes it
+    (:func:`sweep.summarise`): the smallest d at which every run reaches 90 % of SGD's
+    ``final_test_acc`` ('> D' where none of its d up to D does; '-' without an SGD run)."""
+    runs = [r for sub in run_folders(folder) for r in finished_runs(sub)]
+    sgd = next((r for r in runs if r['method'] == 'sgd'), None)
+    rows, order = {}, {}
+    for run in runs:
+        if run['method'] != 'sgd':
+            label, order[label] = kinds_row(run)
+            rows.setdefault(label, {}).setdefault(run.subspace_dim, []).append(run)
+    dims = sorted({d for by_d in rows.values() for d in by_d})
+    goal, thresholds = f'{100 * THRESHOLD_TARGET:g} % of SGD\'s final acc', {}
+    if sgd:
+        target = THRESHOLD_TARGET * sgd['final_test_acc']
+        goal += f' ({THRESHOLD_TARGET:g} × {sgd["final_test_acc"]:.2f} = {target:.2f})'
+        thresholds = sweep.summarise([(label, d, r.seed, r['final_test_acc']) for label, by_d in rows.items()
+                                      for d, found in by_d.items() for r in found], target)['thresholds']
+    n = f'{sgd["n_parameters"]:,}' if sgd else 'n'
+    lines = ['| subspace, start (final test acc: running statistics / re-estimated) | epochs | '
+             + ''.join(f'{"d = " * (i == 0)}{d:,} | ' for i, d in enumerate(dims))
+             + f'all {n} parameters (SGD) | smallest d with ≥ {goal} |',
+             '| --- | ---: | ' + '---: | ' * len(dims) + '---: | ---: |']
+    if sgd:
+        cells = [str(len(sgd['epochs']))] + [''] * len(dims) + [acc_text(sgd['final_test_acc']), '']
+        lines.append('| SGD, the trajectory | ' + ' | '.join(cells) + ' |')
+    for label in sorted(rows, key=order.get):
+        by_d = rows[label]
+        threshold = ('-' if not sgd else f'> {max(by_d):,}' if thresholds[label] is None else
+                     f'{thresholds[label]:,}')
+        cells = ([', '.join(sorted({str(len(r['epochs'])) for found in by_d.values() for r in found}))]
+                 + [acc_pair(by_d[d]) if d in by_d else '' for d in dims] + ['', threshold])
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+# The runs of bash run.sh imagefolder, by sub-folder: the rows of its two tables, in order.
+IMAGEFOLDER_RUNS = ('sgd', 'psgd', 'pbfgs_consecutive', 'finetune')
+DIAGNOSIS_RUNS = ('sgd', 'pbfgs_consecutive', 'pbfgs_same-batch', 'pbfgs_diag_from0', 'pbfgs_diag_from8',
+                  'psgd_from0')
+
+
+def imagefolder_label(run):
+    """What a run of bash run.sh imagefolder is, said from its record: SGD's snapshots or the
+    checkpoint it was fine-tuned from; a subspace run's method, d, the snapshots its basis used,
+    its start, and batch and curvature pairs (P-BFGS) or lr (P-SGD)."""
+    a = run['args']
+    if run['method'] == 'sgd' and a.get('pretrained'):
+        return f'SGD fine-tuning from `{os.path.basename(a["pretrained"])}`, lr {a["lr"]:g}'
+    if run['method'] == 'sgd':
+        n = a.get('snapshot_every')
+        every = 'epoch' if not n else 'iteration' if n == 1 else f'{n} iterations'
+        return f'SGD, a snapshot every {every}: 0..{len(run["snapshots"]) - 1} (the trajectory)'
+    basis = run['basis']
+    used = basis.get('used') or list(range(*run.snapshot_range))
+    span = (f'{used[0]}..{used[-1]}' if len(used) < 3 or used[1] - used[0] == 1 else
+            f'{used[0]}, {used[1]}, …, {used[-1]}')
+    how = (f'batch {a["batch_size"]}, {a.get("curvature_pairs", "consecutive")} pairs'
+           if run['method'] == 'pbfgs' else f'lr {a["lr"]:g}')
+    return (f'{metrics.METHOD_NAMES[run["method"]]}, d = {run.subspace_dim} of snapshots {span}, '
+            f'from snapshot {basis.get("start", used[0])}, {how}')
+
+
+def imagefolder_runs(folder, subs):
+    """[(run, :func:`imagefolder_label`)] of the finished runs in the sub-folders ``subs`` of
+    ``folder``, in that order."""
+    return [(run, imagefolder_label(run)) for sub in subs for run in finished_runs(os.path.join(folder, sub))]
+
+
+def imagefolder_table(folder):
+    """Rows of the ImageFolder table (bash run.sh imagefolder): the SGD trajectory, P-SGD and
+    P-BFGS in the subspace of its snapshots, SGD fine-tuning from its last snapshot; each run's
+    ``final_test_acc`` (top-1 with the running BatchNorm statistics, the reference's metric), the
+    re-estimated ``final_test_acc_bn`` where measured, and its last epoch's top-5 (running
+    statistics)."""
+    lines = ['| run | epochs | top-1, running statistics | top-1, re-estimated | top-5 |',
+             '| --- | ---: | ---: | ---: | ---: |']
+    for run, label in imagefolder_runs(folder, IMAGEFOLDER_RUNS):
+        lines.append(f'| {label} | {len(run["epochs"])} | {acc_text(run["final_test_acc"])} | '
+                     f'{acc_text(run.get("final_test_acc_bn"))} | {acc_text(run["epochs"][-1].get("test_acc5"))} |')
+    return lines
+
+
+def number_text(value, fmt):
+    """``value`` as ``fmt``; '-' where it is missing or NaN."""
+    return '-' if value is None or value != value else f'{value:{fmt}}'
+
+
+def imagefolder_diagnosis_table(folder):
+    """Rows of the P-BFGS diagnosis on the ImageFolder trajectory (bash run.sh imagefolder), each
+    run's last epoch: test accuracy (running statistics, and re-estimated where measured), the
+    training accuracy and loss (train mode, on the batches themselves), and for P-BFGS
+    (:meth:`PBFGS.summarise` of :func:`pbfgs_counters`) its steps, trials per step, mean accepted
+    step size α, the loss of an accepted step on its own mini-batch against the loss the next
+    mini-batch finds before its step, the fraction of the gradient the subspace holds
+    (``gradient_captured``) and the consistency of the subspace gradients over the epoch
+    (``gradient_signal``: 1 when they agree, about 1/steps for pure noise)."""
+    lines = ['| run (the last epoch) | epochs | test acc, running statistics | test acc, re-estimated | '
+             'train acc | train loss | steps | trials / step | mean accepted α | own-batch loss after the step / '
+             'next batch\'s before | gradient in subspace | consistency of g̃ |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |']
+    for run, label in imagefolder_runs(folder, DIAGNOSIS_RUNS):
+        last = run['epochs'][-1]
+        cells = [str(len(run['epochs'])), acc_text(run['final_test_acc']), acc_text(run.get('final_test_acc_bn')),
+                 acc_text(last.get('train_acc')), number_text(last.get('train_loss'), '.3f')]
+        if run['method'] == 'pbfgs':
+            counters = pbfgs_counters(last)
+            means = PBFGS.summarise(counters)
+            cells += [str(counters['steps']), number_text(means['mean_trials'], '.2f'),
+                      number_text(means['mean_step_size'], '.2f'),
+                      f'{number_text(means["own_batch_loss_after_step"], ".3f")} / '
+                      f'{number_text(means["loss_before_step"], ".3f")}',
+                      number_text(means['gradient_captured'], '#.2g'),
+                      number_text(last.get('gradient_signal'), '#.2g')]
+        else:
+            cells += [''] * 6
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
           'vit': vit_table, 'budget': budget_table, 'improve': improve_table,
           'gpu-headline': gpu_headline_table, 'demo': demo_table, 'pbfgs-bn': pbfgs_bn_table,
-          'torchrun': torchrun_table, 'bn-images': bn_images_table}
+          'torchrun': torchrun_table, 'bn-images': bn_images_table, 'kinds': kinds_table,
+          'imagefolder': imagefolder_table, 'imagefolder-diagnosis': imagefolder_diagnosis_table}
 # table -> (the run.sh recipe that makes its runs, the folder the recipe writes them into)
 RECIPES = {'resnet8': ('resnet8', 'runs/resnet8'), 'noise': ('noise', 'runs/noise'),
            'pbfgs-batch': ('pbfgs-batch', 'runs/resnet8'), 'vit': ('vit', 'runs/vit'),
            'budget': ('budget', 'runs/budget'), 'improve': ('budget', 'runs/budget'),
            'gpu-headline': ('gpu-headline', 'runs/gpu_headline'), 'demo': ('demo', 'runs/demo'),
            'pbfgs-bn': ('pbfgs-bn', 'runs/pbfgs_bn'), 'torchrun': ('torchrun', 'runs/torchrun'),
-           'bn-images': ('pbfgs-batch', 'runs/resnet8')}
+           'bn-images': ('pbfgs-batch', 'runs/resnet8'),
+           'kinds': ('kinds', 'runs/kinds'), 'imagefolder': ('imagefolder', 'runs/imagefolder'),
+           'imagefolder-diagnosis': ('imagefolder', 'runs/imagefolder')}
 
 # ---------------------------------------------------------------------------------------------
 # Provenance: the records of the docs' tables (docs/runs/<table>/) and the tables between markers.

@@ -232,3 +232,111 @@ def test_cli_writes_the_table_and_refuses_a_missing_folder(tmp_path, capsys):
     assert '80.00 (1)' in (tmp_path / 'resnet8.md').read_text()
     with pytest.raises(Exception, match='no such folder'):
         tables.main(['resnet8', str(tmp_path / 'nothing')])
+
+
+def subspace_run(path, final, kind, d, snapshots, start, *, bn=None, seed=None, epochs=3):
+    """A finished P-SGD record of bash run.sh kinds: ``epochs`` rows, its basis, and the
+    re-estimated accuracy where given."""
+    write_run(path, 'psgd', final, args={'subspace_seed': seed} if seed else None,
+              basis={'kind': kind, 'n_components': d, 'snapshots': snapshots, 'start': start},
+              epochs=[{'epoch': e, 'test_acc': final} for e in range(1, epochs + 1)],
+              extra={} if bn is None else {'final_test_acc_bn': bn})
+
+
+def test_kinds_table_a_row_per_kind_and_start_a_column_per_d_and_the_threshold(tmp_path):
+    """SGD in the column of all its parameters; cells running / re-estimated (the latter only
+    where every seed measured it), mean ± std over seeds; the threshold d: the smallest d at
+    which every run reaches 0.9 × SGD's final accuracy."""
+    write_run(tmp_path / 'sgd/metrics_sgd.json', 'sgd', 70.0, n_parameters=269_722,
+              epochs=[{'epoch': 1, 'test_acc': 50.0}, {'epoch': 2, 'test_acc': 70.0}])
+    subspace_run(tmp_path / 'dldr/metrics_psgd_d5_0-31.json', 60.0, 'dldr', 5, [0, 31], 0, bn=64.0)
+    subspace_run(tmp_path / 'dldr/metrics_psgd_d10_0-31.json', 64.0, 'dldr', 10, [0, 31], 0, bn=65.0)
+    for s, (at10, at40, bn) in {1: (62.0, 63.5, 60.0), 2: (64.0, 65.0, None)}.items():
+        subspace_run(tmp_path / f'random/metrics_psgd_random_s{s}_d10_0-31.json', at10, 'random', 10, [0, 31], 0,
+                     seed=s, bn=bn)
+        subspace_run(tmp_path / f'random/metrics_psgd_random_s{s}_d40_0-31.json', at40, 'random', 40, [0, 31], 0,
+                     seed=s, bn=bn)
+    # burn-in: d = 5 reaches the target exactly, d = 10 does not: the threshold is still 5
+    subspace_run(tmp_path / 'burnin/metrics_psgd_random_s1_d5_0-31_from3.json', 63.0, 'random', 5, [0, 31], 3,
+                 seed=1)
+    subspace_run(tmp_path / 'burnin/metrics_psgd_random_s1_d10_0-31_from3.json', 62.9, 'random', 10, [0, 31], 3,
+                 seed=1)
+    subspace_run(tmp_path / 'fastfood/metrics_psgd_fastfood_s1_d40_0-31.json', 12.0, 'fastfood', 40, [0, 31], 0,
+                 seed=1)
+    for d, acc in ((5, 76.2), (10, 76.5)):  # TWA: the last d snapshots, from their mean
+        subspace_run(tmp_path / f'twa/metrics_psgd_twa_d{d}_{31 - d}-31.json', acc, 'twa', d, [31 - d, 31], 'mean')
+    write_run(tmp_path / 'fastfood/metrics_psgd_fastfood_s1_d500_0-31.json', 'psgd', 90.0, finished=False,
+              basis={'kind': 'fastfood', 'n_components': 500, 'snapshots': [0, 31], 'start': 0})
+    lines = tables.kinds_table(str(tmp_path))
+    target = 0.9 * 70.0  # 63.00
+    assert lines[0] == ('| subspace, start (final test acc: running statistics / re-estimated) | epochs | d = 5 | '
+                        '10 | 40 | all 269,722 parameters (SGD) | smallest d with ≥ 90 % of SGD\'s final acc '
+                        f'(0.9 × 70.00 = {target:.2f}) |')
+    # random d = 10: 62 and 64, mean 63.00, std √2; not both reach 63.00, so its threshold is 40
+    mean_std = f'{statistics.mean([62.0, 64.0]):.2f} ± {statistics.stdev([62.0, 64.0]):.2f}'
+    assert mean_std == '63.00 ± 1.41'
+    assert lines[2:] == [
+        '| SGD, the trajectory | 2 |  |  |  | 70.00 |  |',
+        '| DLDR, snapshots 0..30, from snapshot 0 | 3 | 60.00 / 64.00 | 64.00 / 65.00 |  |  | 10 |',
+        '| TWA, the last d snapshots up to 30, from their mean | 3 | 76.20 | 76.50 |  |  | 5 |',
+        f'| random, from snapshot 0 | 3 |  | {mean_std} | 64.25 ± 1.06 |  | 40 |',
+        '| random, from snapshot 3 | 3 | 63.00 | 62.90 |  |  | 5 |',
+        '| Fastfood, from snapshot 0 | 3 |  |  | 12.00 |  | > 40 |']
+    (tmp_path / 'sgd/metrics_sgd.json').unlink()  # no SGD run: no target, no threshold
+    lines = tables.kinds_table(str(tmp_path))
+    assert 'smallest d with ≥ 90 % of SGD\'s final acc |' in lines[0] and 'all n parameters' in lines[0]
+    assert all(line.endswith('|  | - |') for line in lines[2:])
+
+
+def pbfgs_diagnostics(epoch, steps, failed, alpha, own, nxt, captured, signal, **extra):
+    """An epoch's row of train_pbfgs.py with its counters as sums (``PBFGS.reset_stats``)."""
+    accepted = steps - failed
+    return {'epoch': epoch, 'train_acc': 10.0, 'train_loss': 2.476, 'test_acc': 9.83, 'steps': steps,
+            'trials': 1.5 * steps, 'failed_searches': failed, 'nonfinite_skips': 0, 'curvature_skips': 0,
+            'step_size_sum': alpha * accepted, 'accepted_loss_sum': own * accepted, 'loss_sum': nxt * steps,
+            'captured_sum': None if captured is None else captured * steps, 'gradient_signal': signal, **extra}
+
+
+def test_imagefolder_tables_label_each_run_from_its_record_and_read_the_pbfgs_diagnostics(tmp_path):
+    """The runs in the recipe's sub-folders, in its order (an absent one left out); P-BFGS's
+    diagnostics of the last epoch from its counters: mean accepted α over the accepted steps,
+    the losses, gradient_captured, gradient_signal; '-' where the JSON holds null."""
+    write_run(tmp_path / 'sgd/metrics_sgd.json', 'sgd', 22.42, args={'snapshot_every': 10},
+              epochs=[{'epoch': 4, 'train_acc': 19.6, 'train_loss': 2.182, 'test_acc': 22.42, 'test_acc5': 75.69}],
+              extra={'snapshots': [{'snapshot': k} for k in range(17)]})
+    write_run(tmp_path / 'finetune/metrics_sgd.json', 'sgd', 22.86, args={'pretrained': 'runs/imagefolder/sgd/16.pt',
+                                                                         'lr': 0.005},
+              epochs=[{'epoch': 1, 'train_acc': 20.0, 'test_acc': 22.86, 'test_acc5': 76.37}])
+    basis = {'kind': 'dldr', 'n_components': 8, 'snapshots': [0, 17], 'step': 2, 'used': list(range(0, 17, 2)),
+             'start': 0}
+    write_run(tmp_path / 'psgd/metrics_psgd_d8_0-17_step2.json', 'psgd', 14.94, args={'lr': 1.0}, basis=basis,
+              epochs=[{'epoch': 2, 'train_acc': 12.04, 'train_loss': 4.269, 'test_acc': 14.94}],
+              extra={'final_test_acc_bn': 15.25})
+    # 20 steps, 1 failed search: mean α over the 19 accepted steps; the consistency 0.05 keeps its zero
+    write_run(tmp_path / 'pbfgs_consecutive/metrics_pbfgs_d8_0-17_step2.json', 'pbfgs', 9.83,
+              args={'batch_size': 256, 'curvature_pairs': 'consecutive'}, basis=basis,
+              epochs=[pbfgs_diagnostics(1, 20, 0, 0.3, 2.5, 2.6, 0.01, 0.2),
+                      pbfgs_diagnostics(2, 20, 1, 0.85, 2.47, 2.477, 0.0065, 0.05)],
+              extra={'final_test_acc_bn': 9.9})
+    # a basis sharded over ranks: no gradient_captured (null); a row of before the sums: means only
+    old = {'epoch': 1, 'train_acc': 16.7, 'train_loss': 2.438, 'test_acc': 15.44, 'steps': 20, 'failed_searches': 0,
+           'nonfinite_skips': 0, 'mean_trials': 2.2, 'mean_step_size': 0.76, 'own_batch_loss_after_step': 2.403,
+           'loss_before_step': 2.433, 'gradient_captured': None, 'gradient_signal': 0.05}
+    write_run(tmp_path / 'pbfgs_diag_from8/metrics_pbfgs_d8_8-17.json', 'pbfgs', 15.44, args={'batch_size': 256},
+              basis={'kind': 'dldr', 'n_components': 8, 'snapshots': [8, 17], 'step': 1,
+                     'used': list(range(8, 17)), 'start': 8}, epochs=[old])
+    pbfgs = 'P-BFGS, d = 8 of snapshots 0, 2, …, 16, from snapshot 0, batch 256, consecutive pairs'
+    assert tables.imagefolder_table(str(tmp_path))[2:] == [
+        '| SGD, a snapshot every 10 iterations: 0..16 (the trajectory) | 1 | 22.42 | - | 75.69 |',
+        '| P-SGD, d = 8 of snapshots 0, 2, …, 16, from snapshot 0, lr 1 | 1 | 14.94 | 15.25 | - |',
+        f'| {pbfgs} | 2 | 9.83 | 9.90 | - |',
+        '| SGD fine-tuning from `16.pt`, lr 0.005 | 1 | 22.86 | - | 76.37 |']
+    lines = tables.imagefolder_diagnosis_table(str(tmp_path))
+    assert lines[0].endswith('| mean accepted α | own-batch loss after the step / next batch\'s before | '
+                             'gradient in subspace | consistency of g̃ |')
+    assert lines[2:] == [
+        '| SGD, a snapshot every 10 iterations: 0..16 (the trajectory) | 1 | 22.42 | - | 19.60 | 2.182 '
+        '|  |  |  |  |  |  |',
+        f'| {pbfgs} | 2 | 9.83 | 9.90 | 10.00 | 2.476 | 20 | 1.50 | 0.85 | 2.470 / 2.477 | 0.0065 | 0.050 |',
+        '| P-BFGS, d = 8 of snapshots 8..16, from snapshot 8, batch 256, consecutive pairs | 1 | 15.44 | - | 16.70 '
+        '| 2.438 | 20 | 2.20 | 0.76 | 2.403 / 2.433 | - | 0.050 |']
