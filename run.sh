@@ -115,7 +115,8 @@ launcher() {  # torchrun over every GPU when there are several, else one process
 }
 
 imagenet() {  # $1: imagenet or finetune
-    local data=${DATA:?set DATA=/path/to/imagenet (train/ and val/, one folder per class)}
+    need_data imagenet train val
+    local data=$DATA
     local model=${ARCH:-resnet18} launch
     launch=$(launcher)
     local common=(--datasets ImageNet --data-dir "$data" --arch "$model" -b 256 -j "${WORKERS:-8}" -p 100)
@@ -229,7 +230,9 @@ need_data() {  # $1: the recipe, then the folders DATA must hold: an error line 
     shift
     wanted=$(printf '%s/ ' "$@")
     if [ -z "${DATA:-}" ]; then
-        echo "error: $recipe needs DATA=/path/to/data holding ${wanted% } (SIZE=ci: synthetic data instead)" >&2
+        local hint=" (SIZE=ci: synthetic data instead)"
+        [ "$recipe" = imagenet ] && hint=  # no CI size
+        echo "error: $recipe needs DATA=/path/to/data holding ${wanted% }$hint" >&2
         exit 2
     fi
     for sub in "$@"; do
@@ -354,7 +357,8 @@ vit() {
         dir=runs/vit_ci common="--datasets synthetic --smalldatasets 0.1 --arch timm/test_vit -p 0"
         e=3 m="2" fe=2 every=4 d=4 pe=1
     else
-        local data=${DATA:?set DATA=/path/to/cifar10_jpeg (train/ and val/, one folder per class)}
+        need_data vit train val
+        local data=$DATA
         dir=runs/vit common="--datasets ImageNet --data-dir $data --image-size 32 -j 1 --smalldatasets 0.4 --arch timm/vit_tiny_patch16_224 -p 100"
         e=10 m="7 9" fe=4 every=40 d=10 pe=2
     fi
