@@ -168,11 +168,13 @@ def pbfgs_counters(row):
 
 
 def pbfgs_batch_table(folder):
-    """Rows of the P-BFGS batch-size table: every finished P-BFGS run under ``folder``/sgd_s*/."""
+    """Rows of the P-BFGS batch-size table: every finished P-BFGS run under ``folder``/sgd_s*/,
+    its counters summed over the epochs (:func:`pbfgs_counters`, :meth:`PBFGS.summarise`), the
+    losses and the consistency of the subspace gradients (``gradient_signal``) of its last epoch."""
     lines = ['| batch | curvature pairs | d | epochs | steps | final test acc | trials / step | '
              'failed searches | skipped pairs (yᵀs ≤ 0) | mean accepted step | loss after step, own batch | '
-             'loss before next step | minutes |',
-             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+             'loss before next step | gradient in subspace | consistency of g̃ (last epoch) | minutes |',
+             '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     rows = []
     for sub in sorted(glob.glob(os.path.join(folder, 'sgd_s*', 'pbfgs_*'))):
         for run in finished_runs(sub):
@@ -186,12 +188,12 @@ def pbfgs_batch_table(folder):
                          run['basis']['n_components'], len(ep), total['steps'], run['final_test_acc'],
                          summary['mean_trials'], total['failed_searches'], total['curvature_skips'],
                          summary['mean_step_size'], last['own_batch_loss_after_step'],
-                         last['loss_before_step'],
-                         run['seconds'] / 60))
-    for b, pairs, d, e, steps, acc, trials, failed, skips, step, own, nxt, minutes in sorted(rows):
-        own, nxt = (f'{v:.3f}' if v == v else '-' for v in (own, nxt))
+                         last['loss_before_step'], summary['gradient_captured'],
+                         ep[-1].get('gradient_signal'), run['seconds'] / 60))
+    for b, pairs, d, e, steps, acc, trials, failed, skips, step, own, nxt, captured, signal, minutes in sorted(rows):
         lines.append(f'| {b} | {pairs} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | '
-                     f'{skips} | {step:.3g} | {own} | {nxt} | {minutes:.1f} |')
+                     f'{skips} | {step:.3g} | {number_text(own, ".3f")} | {number_text(nxt, ".3f")} | '
+                     f'{number_text(captured, "#.2g")} | {number_text(signal, "#.2g")} | {minutes:.1f} |')
     return lines
 
 

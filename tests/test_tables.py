@@ -101,14 +101,16 @@ def test_pbfgs_batch_table_weights_epochs_by_their_steps(tmp_path):
                'own_batch_loss_after_step': 1.0, 'loss_before_step': 1.2},
               {'epoch': 2, 'test_acc': 72.0, 'steps': 30, 'failed_searches': 0, 'nonfinite_skips': 0,
                'curvature_skips': 1, 'mean_step_size': 1.0, 'mean_trials': 1.0,
-               'own_batch_loss_after_step': 0.8, 'loss_before_step': 0.9}]
+               'own_batch_loss_after_step': 0.8, 'loss_before_step': 0.9, 'gradient_captured': 0.002,
+               'gradient_signal': 0.21}]
     write_run(tmp_path / 'sgd_s1/pbfgs_b256/metrics_pbfgs_d15_0-31.json', 'pbfgs', 72.0,
               args={'batch_size': 256, 'curvature_pairs': 'consecutive'}, epochs=epochs,
               basis={'kind': 'dldr', 'n_components': 15})
     line = tables.pbfgs_batch_table(str(tmp_path))[2]
     # trials per step (2*10 + 1*30)/40; accepted step (0.5*9 + 1.0*30)/39; the last epoch's losses
     assert line.startswith('| 256 | consecutive | 15 | 2 | 40 | 72.00 | 1.25 | 1 | 3 | ')
-    assert f'| {(0.5 * 9 + 30) / 39:.3g} | 0.800 | 0.900 |' in line
+    # the gradient captured over the run: epoch 1 did not record it, so the sum is NaN ('-')
+    assert f'| {(0.5 * 9 + 30) / 39:.3g} | 0.800 | 0.900 | - | 0.21 |' in line
 
 
 def pbfgs_epoch(epoch, steps, trials, test_acc, train_acc=50.0, test_acc_bn=None):
