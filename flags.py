@@ -160,9 +160,17 @@ class Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, but not for on/off flags: ``--no-augment``'s default (True) is the
+    setting's, not the flag's, and would read as if the flag were on."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 def common_parser(description, *, epochs):
     """The flags every training script uses."""
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, formatter_class=HelpFormatter)
     a = p.add_argument
     a('--arch', '-a', metavar='ARCH', default='resnet20', help='model architecture (ours, '
       'torchvision\'s or timm/NAME)')

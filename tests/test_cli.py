@@ -195,6 +195,9 @@ def test_help_exits_0_and_mentions_every_flag(script, monkeypatch, capsys):
         assert "(ignored: kept for the reference's command lines)" in ' '.join(out.split())
     missing = [f for f in flags if f not in out]
     assert not missing, missing
+    # an on/off flag shows no default: --no-augment's would read '(default: True)'
+    text = ' '.join(out.split())
+    assert text.count('(default:') > 10 and '(default: True)' not in text and '(default: False)' not in text
 
 
 def test_bn_update_default_is_sized_in_images():
