@@ -40,9 +40,12 @@ FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'reference_outputs
 PROVENANCE = {'repository': 'https://github.com/nblt/DLDR',
               'commit': '4f1284e1520540f3d7d7073a98ed77bbaf63a130'}
 SEED, INPUT_SEED, TRAIN_SEED, CALIBRATION_SEED = 2023, 7, 11, 13
-# float32 on the CPU: the same operations in the same order agree to rounding; 1e-5 of the
-# output's scale leaves room for another CPU's kernels.
-TOLERANCE = 1e-5
+# float32 on the CPU: the same operations agree to rounding, but not to the same rounding on
+# every CPU: oneDNN picks other convolution kernels on another instruction set (the fixture was
+# made on an AMD EPYC; on an Intel Xeon with AVX512/AMX inceptionresnetv2's train-mode output,
+# hundreds of BatchNorm layers deep, differs by 4.7e-5 of its scale).  5e-4 of the scale leaves
+# that room ten times over, while a wrong layer, shape or initialisation moves outputs by 1e-1.
+TOLERANCE = 5e-4
 
 
 def seeded_state(layout, seed):
