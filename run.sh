@@ -486,8 +486,8 @@ imagefolder() {
     # epochs (x0.1 after 3), a snapshot every 10 iterations (0..16, 4 an epoch), in $dir/sgd.  In
     # the 8-D DLDR subspace of every 2nd of them, from snapshot 0: P-SGD 2 epochs (lr 1, x0.1 after
     # 1), P-BFGS 2 epochs of batch 256 with consecutive (the paper's) and with same-batch
-    # curvature pairs; the diagnosis: P-BFGS 1 epoch, P-BFGS 1 epoch in the subspace of snapshots
-    # 8..16 from snapshot 8, P-SGD 1 epoch (lr 1).  SGD fine-tuning from snapshot 16 (--pretrained,
+    # curvature pairs; the diagnosis (besides the first of those epochs): P-BFGS 1 epoch in the
+    # subspace of snapshots 8..16 from snapshot 8, P-SGD 1 epoch (lr 1).  SGD fine-tuning from snapshot 16 (--pretrained,
     # lr 0.005, 1 epoch).  Then tables.py imagefolder / imagefolder-diagnosis.  OUT sets the
     # folder.  SIZE=ci: 500 synthetic images, ResNet8, a snapshot every iteration (4 an epoch, so
     # the same snapshots 0..16).
@@ -511,8 +511,6 @@ imagefolder() {
         once "$dir/pbfgs_$pairs/metrics_pbfgs_$tag.json" "$dir/log" train_pbfgs.py $basis -b 256 --epochs 2 \
             --curvature-pairs $pairs --save-dir "$dir/pbfgs_$pairs" "$@"
     done
-    once "$dir/pbfgs_diag_from0/metrics_pbfgs_$tag.json" "$dir/log" train_pbfgs.py $basis -b 256 --epochs 1 \
-        --save-dir "$dir/pbfgs_diag_from0" "$@"
     once "$dir/pbfgs_diag_from8/metrics_pbfgs_d8_8-17.json" "$dir/log" train_pbfgs.py $common -b 256 --epochs 1 \
         --params_start 8 --params_end 17 --n_components 8 --pretrain-dir "$dir/sgd" --save-dir "$dir/pbfgs_diag_from8" "$@"
     once "$dir/psgd_from0/metrics_psgd_$tag.json" "$dir/log" train_psgd.py $basis --lr 1 --epochs 1 \

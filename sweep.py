@@ -34,6 +34,7 @@ import utils
 from errors import UserError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+TARGET = 0.9  # --target's default: the threshold d reaches 90 % of SGD's final accuracy
 
 
 def parse_args(argv=None):
@@ -49,7 +50,7 @@ def parse_args(argv=None):
                    help='subspace dimensions')
     p.add_argument('--seeds', nargs='+', type=flags.seed, default=[1, 2, 3], metavar='S',
                    help='--subspace-seed values (random, fastfood; dldr and twa use the first)')
-    p.add_argument('--target', type=flags.positive_float, default=0.9, metavar='F',
+    p.add_argument('--target', type=flags.positive_float, default=TARGET, metavar='F',
                    help='target accuracy as a fraction of the SGD run\'s final test accuracy')
     p.add_argument('--success', type=flags.fraction, default=1.0, metavar='P',
                    help='fraction of the seeds that must reach the target at the threshold d')

@@ -354,7 +354,7 @@ METHOD_ORDER = {'sgd': 0, 'psgd': 1, 'pbfgs': 2}
 
 def acc_text(value):
     """An accuracy as the tables print it; '-' where the run did not measure it."""
-    return '-' if value is None else f'{value:.2f}'
+    return number_text(value, '.2f')
 
 
 def mean_trials(run):
@@ -526,7 +526,6 @@ def torchrun_table(folder):
 KIND_NAMES = {'dldr': 'DLDR', 'twa': 'TWA', 'random': 'random', 'fastfood': 'Fastfood',
               'redrawn': 'random, re-drawn every step'}
 SPANNED_KINDS = ('dldr', 'twa')
-THRESHOLD_TARGET = 0.9  # sweep.py's --target: the threshold d reaches 90 % of SGD's final accuracy
 
 
 def kinds_row(run):
@@ -567,10 +566,10 @@ def kinds_table(folder):
             label, order[label] = kinds_row(run)
             rows.setdefault(label, {}).setdefault(run.subspace_dim, []).append(run)
     dims = sorted({d for by_d in rows.values() for d in by_d})
-    goal, thresholds = f'{100 * THRESHOLD_TARGET:g} % of SGD\'s final acc', {}
+    goal, thresholds = f'{100 * sweep.TARGET:g} % of SGD\'s final acc', {}
     if sgd:
-        target = THRESHOLD_TARGET * sgd['final_test_acc']
-        goal += f' ({THRESHOLD_TARGET:g} × {sgd["final_test_acc"]:.2f} = {target:.2f})'
+        target = sweep.TARGET * sgd['final_test_acc']
+        goal += f' ({sweep.TARGET:g} × {sgd["final_test_acc"]:.2f} = {target:.2f})'
         thresholds = sweep.summarise([(label, d, r.seed, r['final_test_acc']) for label, by_d in rows.items()
                                       for d, found in by_d.items() for r in found], target)['thresholds']
     n = f'{sgd["n_parameters"]:,}' if sgd else 'n'
@@ -593,8 +592,10 @@ def kinds_table(folder):
 
 # The runs of bash run.sh imagefolder, by sub-folder: the rows of its two tables, in order.
 IMAGEFOLDER_RUNS = ('sgd', 'psgd', 'pbfgs_consecutive', 'finetune')
-DIAGNOSIS_RUNS = ('sgd', 'pbfgs_consecutive', 'pbfgs_same-batch', 'pbfgs_diag_from0', 'pbfgs_diag_from8',
-                  'psgd_from0')
+# (sub-folder, epoch) of the diagnosis table's rows, None: the run's last epoch.  P-BFGS from
+# snapshot 0 after 1 epoch is the first epoch of the 2-epoch run (same seed, no schedule).
+DIAGNOSIS_ROWS = (('sgd', None), ('pbfgs_consecutive', 1), ('pbfgs_consecutive', None),
+                  ('pbfgs_same-batch', None), ('pbfgs_diag_from8', None), ('psgd_from0', None))
 
 
 def imagefolder_label(run):
@@ -645,33 +646,41 @@ def number_text(value, fmt):
 
 def imagefolder_diagnosis_table(folder):
     """Rows of the P-BFGS diagnosis on the ImageFolder trajectory (bash run.sh imagefolder), each
-    run's last epoch: test accuracy (running statistics, and re-estimated where measured), the
-    training accuracy and loss (train mode, on the batches themselves), and for P-BFGS
-    (:meth:`PBFGS.summarise` of :func:`pbfgs_counters`) its steps, trials per step, mean accepted
-    step size α, the loss of an accepted step on its own mini-batch against the loss the next
-    mini-batch finds before its step, the fraction of the gradient the subspace holds
-    (``gradient_captured``) and the consistency of the subspace gradients over the epoch
-    (``gradient_signal``: 1 when they agree, about 1/steps for pure noise)."""
-    lines = ['| run (the last epoch) | epochs | test acc, running statistics | test acc, re-estimated | '
+    run at the end of an epoch (:data:`DIAGNOSIS_ROWS`): test accuracy (running statistics, and
+    re-estimated where measured), the training accuracy and loss (train mode, on the batches
+    themselves), and for P-BFGS (:meth:`PBFGS.summarise` of :func:`pbfgs_counters`) the epoch's
+    steps, trials per step, mean accepted step size α, the loss of an accepted step on its own
+    mini-batch against the loss the next mini-batch finds before its step, the fraction of the
+    gradient the subspace holds (``gradient_captured``) and the consistency of the subspace
+    gradients over the epoch (``gradient_signal``: 1 when they agree, about 1/steps for pure
+    noise)."""
+    lines = ['| run | epochs | test acc, running statistics | test acc, re-estimated | '
              'train acc | train loss | steps | trials / step | mean accepted α | own-batch loss after the step / '
              'next batch\'s before | gradient in subspace | consistency of g̃ |',
              '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |']
-    for run, label in imagefolder_runs(folder, DIAGNOSIS_RUNS):
-        last = run['epochs'][-1]
-        cells = [str(len(run['epochs'])), acc_text(run['final_test_acc']), acc_text(run.get('final_test_acc_bn')),
-                 acc_text(last.get('train_acc')), number_text(last.get('train_loss'), '.3f')]
-        if run['method'] == 'pbfgs':
-            counters = pbfgs_counters(last)
-            means = PBFGS.summarise(counters)
-            cells += [str(counters['steps']), number_text(means['mean_trials'], '.2f'),
-                      number_text(means['mean_step_size'], '.2f'),
-                      f'{number_text(means["own_batch_loss_after_step"], ".3f")} / '
-                      f'{number_text(means["loss_before_step"], ".3f")}',
-                      number_text(means['gradient_captured'], '#.2g'),
-                      number_text(last.get('gradient_signal'), '#.2g')]
-        else:
-            cells += [''] * 6
-        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    for sub, epoch in DIAGNOSIS_ROWS:
+        for run, label in imagefolder_runs(folder, (sub,)):
+            rows = run['epochs']
+            if epoch is not None and epoch >= len(rows):
+                continue  # the run is not longer than that: its last epoch is its own row
+            trained = len(rows) if epoch is None else epoch
+            row = rows[trained - 1]
+            tested = ((run['final_test_acc'], run.get('final_test_acc_bn')) if row is rows[-1]
+                      else (row['test_acc'], row.get('test_acc_bn')))
+            cells = [str(trained), *map(acc_text, tested), acc_text(row.get('train_acc')),
+                     number_text(row.get('train_loss'), '.3f')]
+            if run['method'] == 'pbfgs':
+                counters = pbfgs_counters(row)
+                means = PBFGS.summarise(counters)
+                cells += [str(counters['steps']), number_text(means['mean_trials'], '.2f'),
+                          number_text(means['mean_step_size'], '.2f'),
+                          f'{number_text(means["own_batch_loss_after_step"], ".3f")} / '
+                          f'{number_text(means["loss_before_step"], ".3f")}',
+                          number_text(means['gradient_captured'], '#.2g'),
+                          number_text(row.get('gradient_signal'), '#.2g')]
+            else:
+                cells += [''] * 6
+            lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
     return lines
 
 

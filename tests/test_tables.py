@@ -301,7 +301,8 @@ def pbfgs_diagnostics(epoch, steps, failed, alpha, own, nxt, captured, signal, *
 
 def test_imagefolder_tables_label_each_run_from_its_record_and_read_the_pbfgs_diagnostics(tmp_path):
     """The runs in the recipe's sub-folders, in its order (an absent one left out); P-BFGS's
-    diagnostics of the last epoch from its counters: mean accepted α over the accepted steps,
+    diagnostics of an epoch (the consecutive-pairs run's first, then every run's last) from its
+    counters: mean accepted α over the accepted steps,
     the losses, gradient_captured, gradient_signal; '-' where the JSON holds null."""
     write_run(tmp_path / 'sgd/metrics_sgd.json', 'sgd', 22.42, args={'snapshot_every': 10},
               epochs=[{'epoch': 4, 'train_acc': 19.6, 'train_loss': 2.182, 'test_acc': 22.42, 'test_acc5': 75.69}],
@@ -339,6 +340,9 @@ def test_imagefolder_tables_label_each_run_from_its_record_and_read_the_pbfgs_di
     assert lines[2:] == [
         '| SGD, a snapshot every 10 iterations: 0..16 (the trajectory) | 1 | 22.42 | - | 19.60 | 2.182 '
         '|  |  |  |  |  |  |',
+        # the 2-epoch run after its first epoch (the 1-epoch run the doc shows): that row's own
+        # accuracies (no re-estimated one in it), then the run's final ones after its last
+        f'| {pbfgs} | 1 | 9.83 | - | 10.00 | 2.476 | 20 | 1.50 | 0.30 | 2.500 / 2.600 | 0.010 | 0.20 |',
         f'| {pbfgs} | 2 | 9.83 | 9.90 | 10.00 | 2.476 | 20 | 1.50 | 0.85 | 2.470 / 2.477 | 0.0065 | 0.050 |',
         '| P-BFGS, d = 8 of snapshots 8..16, from snapshot 8, batch 256, consecutive pairs | 1 | 15.44 | - | 16.70 '
         '| 2.438 | 20 | 2.20 | 0.76 | 2.403 / 2.433 | - | 0.050 |']
