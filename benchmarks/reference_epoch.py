@@ -1,6 +1,7 @@
 """An epoch of train_sgd.py as a user meets it: ours (eager, --compile, --compile
---channels-last) against the reference's train_sgd.py (nblt/DLDR), on the same CIFAR-10 files,
-the same machine, one process at a time, rounds interleaved.
+--channels-last, and in bf16 autocast: another precision) against the reference's train_sgd.py
+(nblt/DLDR), on the same CIFAR-10 files, the same machine, one process at a time, rounds
+interleaved; with each epoch's test accuracy.
 
 The reference is run from a checkout the user supplies (never vendored), in a scratch folder
 outside this repository; on a machine without CUDA its ``.cuda()`` calls are made no-ops and
