@@ -21,6 +21,11 @@ from errors import UserError
 
 METHOD_NAMES = MappingProxyType({'sgd': 'SGD', 'psgd': 'P-SGD', 'pbfgs': 'P-BFGS'})
 """The methods' names in tables and figures (read-only: plot.py and tables.py share it)."""
+KIND_NAMES = MappingProxyType({'dldr': 'DLDR', 'twa': 'TWA', 'random': 'random', 'fastfood': 'Fastfood',
+                               'redrawn': 'random, re-drawn every step'})
+"""The subspace kinds' names in tables and figures, in the order of tables.py kinds."""
+SPANNING_KINDS = ('dldr', 'twa')
+"""The subspace kinds whose basis spans the snapshots (the others only start from one)."""
 
 
 class Metrics(dict):
@@ -70,6 +75,26 @@ class Metrics(dict):
         if snaps and len(snaps) == 2:
             return int(snaps[0]), int(snaps[1])
         return self['args'].get('params_start'), self['args'].get('params_end')
+
+    @property
+    def snapshots_text(self):
+        """The snapshots a DLDR or TWA basis spans, for labels: 'snapshots 0..30', or 'the last d
+        snapshots up to 30' where it spans exactly d of them (TWA over d in bash run.sh kinds), so
+        that the runs of such a sweep share one label.  '' for the other kinds."""
+        if self.kind not in SPANNING_KINDS:
+            return ''
+        (first, end), d = self.snapshot_range, self.subspace_dim
+        return f'the last d snapshots up to {end - 1}' if end - first == d else f'snapshots {first}..{end - 1}'
+
+    @property
+    def basis_text(self):
+        """A subspace run's basis for labels: its kind, the snapshots it spans
+        (:attr:`snapshots_text`) and where training started, as 'DLDR, snapshots 0..30, from
+        snapshot 0', 'TWA, the last d snapshots up to 30, from their mean', 'random, from
+        snapshot 3'."""
+        start = (self.get('basis') or {}).get('start', self.snapshot_range[0])
+        where = 'from their mean' if start == 'mean' else f'from snapshot {start}'
+        return ', '.join(filter(None, (KIND_NAMES.get(self.kind, self.kind), self.snapshots_text, where)))
 
 
 def load(path):

@@ -80,21 +80,10 @@ def run_label(run, folder_prefix=False):
     if run['method'] != 'sgd':
         start, end = run.snapshot_range
         label += f', snapshots {start}..{end - 1}'
-        if not paper_kind(run):
+        kind = subspace_run.KINDS.get(run.kind)
+        if kind is not None and kind.seeded:
             label += f', seed {run.seed}'
     return f'{os.path.basename(os.path.normpath(run["folder"]))}: {label}' if folder_prefix else label
-
-
-def start_text(run):
-    """', from snapshot K' (a burn-in subspace) or ', from their mean' where training did not start
-    where the kind starts by default (the range's first snapshot; the mean for twa)."""
-    start = (run.get('basis') or {}).get('start')
-    first = run.snapshot_range[0]
-    row = subspace_run.KINDS.get(run.kind)
-    default = 'mean' if row is not None and row.starts_at_mean else first
-    if start is None or start == default:
-        return ''
-    return ', from their mean' if start == 'mean' else f', from snapshot {start}'
 
 
 def column(run, key, fallback=None):
@@ -165,9 +154,8 @@ def dims_groups(runs, spread='minmax'):
     for run in runs:
         if run['method'] == 'sgd' or run.get('final_test_acc') is None or run.subspace_dim is None:
             continue
-        start, end = run.snapshot_range
         name = metrics.METHOD_NAMES.get(run['method'], run['method'])
-        label = f'{name} ({kind_name(run)} basis, snapshots {start}..{end - 1}{start_text(run)})'
+        label = f'{name} ({run.basis_text})'  # TWA over d, a range per d: one label
         acc[label][int(run.subspace_dim)].append(float(run['final_test_acc']))
     groups = {}
     for label, by_d in acc.items():

@@ -521,26 +521,14 @@ def torchrun_table(folder):
     return lines + [row for *_, row in sorted(rows)]
 
 
-# The kinds table's subspace kinds, in its order, by name; DLDR's and TWA's bases span the
-# snapshots, the others' only start from one.
-KIND_NAMES = {'dldr': 'DLDR', 'twa': 'TWA', 'random': 'random', 'fastfood': 'Fastfood',
-              'redrawn': 'random, re-drawn every step'}
-SPANNED_KINDS = ('dldr', 'twa')
-
-
 def kinds_row(run):
-    """(the kinds table's row of a subspace run, its place in the table): the kind, the
-    snapshots a DLDR or TWA basis spans ('the last d snapshots up to K' where the range is d
-    long, as TWA's in bash run.sh kinds) and where training started."""
-    (first, end), d = run.snapshot_range, run.subspace_dim
-    start = (run.get('basis') or {}).get('start', first)
-    where = 'from their mean' if start == 'mean' else f'from snapshot {start}'
-    name = KIND_NAMES.get(run.kind, run.kind)
-    if run.kind in SPANNED_KINDS:
-        span = f'the last d snapshots up to {end - 1}' if end - first == d else f'snapshots {first}..{end - 1}'
-        name += f', {span}'
-    order = list(KIND_NAMES).index(run.kind) if run.kind in KIND_NAMES else len(KIND_NAMES)
-    return f'{name}, {where}', (order, -1 if start == 'mean' else start)
+    """(the kinds table's row of a subspace run, its place in the table): the run's
+    :attr:`metrics.Metrics.basis_text`, ordered by kind (:data:`metrics.KIND_NAMES`), then by
+    start."""
+    kinds = list(metrics.KIND_NAMES)
+    start = (run.get('basis') or {}).get('start', run.snapshot_range[0])
+    order = kinds.index(run.kind) if run.kind in kinds else len(kinds)
+    return run.basis_text, (order, -1 if start == 'mean' else start)
 
 
 def acc_pair(runs):

@@ -105,6 +105,9 @@ def sweep(tmp_path_factory):
             write_run(dims, 'psgd', {'n_components': d, 'params_end': 81, 'subspace_seed': s},
                       basis_extra={'kind': 'random', 'seed': s}, final=10.0 + d + s,
                       tag=f'psgd_random_s{s}_d{d}_0-81')
+    for d in (2, 5):  # TWA in the last d snapshots: a range per d
+        write_run(dims, 'psgd', {'n_components': d, 'params_start': 81 - d, 'params_end': 81},
+                  basis_extra={'kind': 'twa', 'start': 'mean'}, final=70.0 + d, tag=f'psgd_twa_d{d}_{81 - d}-81')
     return noise_dirs, str(dims)
 
 
@@ -167,13 +170,16 @@ def test_projection_matches_numpy_svd(rundir):
 def test_dims_grouping(sweep):
     runs = plot.load_runs(sweep[1])
     groups = plot.dims_groups(runs)
-    assert set(groups) == {'P-SGD (DLDR basis, snapshots 0..80)', 'P-SGD (random basis, snapshots 0..80)'}
-    assert groups['P-SGD (DLDR basis, snapshots 0..80)'] == [
+    dldr, random = 'P-SGD (DLDR, snapshots 0..80, from snapshot 0)', 'P-SGD (random, from snapshot 0)'
+    twa = 'P-SGD (TWA, the last d snapshots up to 80, from their mean)'  # one line, not a point per d
+    assert set(groups) == {dldr, random, twa}
+    assert groups[twa] == [(d, 70.0 + d, 70.0 + d, 70.0 + d, 1) for d in (2, 5)]
+    assert groups[dldr] == [
         (d, 50.0 + d, 50.0 + d, 50.0 + d, 1) for d in (2, 5, 10, 40)]
     # random basis: seeds 1, 2, 3 give 11+d, 12+d, 13+d
-    assert groups['P-SGD (random basis, snapshots 0..80)'] == [
+    assert groups[random] == [
         (d, 12.0 + d, 11.0 + d, 13.0 + d, 3) for d in (2, 5, 10, 40)]
-    sem = plot.dims_groups(runs, 'sem')['P-SGD (random basis, snapshots 0..80)']
+    sem = plot.dims_groups(runs, 'sem')[random]
     for (d, mean, low, high, n) in sem:
         assert (mean, n) == (12.0 + d, 3)
         np.testing.assert_allclose([mean - low, high - mean], [1 / np.sqrt(3)] * 2)
