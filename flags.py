@@ -278,8 +278,8 @@ def add_sgd_args(p):
       help='weight decay')
     a('--resume', default='', metavar='PATH',
       help="resume from a full checkpoint of train_sgd.py ('auto': "
-           "<save-dir>/checkpoint.pt, or a new run when there is none yet): weights, BN buffers, optimizer, scheduler, RNG states, "
-           "epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
+           "<save-dir>/checkpoint.pt, or a new run when there is none yet): weights, BN buffers, "
+           "optimizer, scheduler, RNG states, epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
            "reference's checkpoint_*.th / model.th: a dict with 'state_dict', 'module.' keys): only "
            "the weights and BN buffers are restored from it, not optimizer, scheduler or epoch")
     a('--pretrained', nargs='?', const=True, default=None, metavar='PATH',

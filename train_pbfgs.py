@@ -3,10 +3,10 @@
 Extracts the top-d principal directions P of snapshots params_start..params_end-1 (written by
 train_sgd.py), starts from snapshot params_start, and on each mini-batch updates a d x d
 inverse-Hessian estimate by BFGS and steps along -B g~ with a backtracking Armijo line search
-evaluated on the same mini-batch (in memory: weights and BN statistics are restored exactly).  Under torchrun each rank evaluates
-its share of every mini-batch; the ranks average the loss and the d gradient coordinates (one
-all-reduce of d + 1 numbers per step) and every trial's loss (one number), so all ranks take the
-same steps.
+evaluated on the same mini-batch (in memory: weights and BN statistics are restored exactly).
+Under torchrun each rank evaluates its share of every mini-batch; the ranks average the loss and
+the d gradient coordinates (one all-reduce of d + 1 numbers per step) and every trial's loss (one
+number), so all ranks take the same steps.
 
     python -u train_pbfgs.py --epochs 20 --datasets CIFAR10 --params_start 0 --params_end 81 \
         --batch-size 1024 --n_components 40 --arch=resnet20 --save-dir=save_resnet20 |& tee -a log

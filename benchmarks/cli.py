@@ -43,7 +43,8 @@ def parse_args(argv=None):
       help='images: utils.make_synthetic (offline) or CIFAR-10 pickles under --data-dir')
     a('--data-dir', default='./data', help='parent of cifar-10-batches-py (with --data cifar10)')
     a('--batch-size', type=int, default=128, help='batch of the P-SGD/SGD steps and of the epoch')
-    a('--pbfgs-batch-size', type=int, default=None, help='batch of the P-BFGS comparison (default 1024; 256 with --quick)')
+    a('--pbfgs-batch-size', type=int, default=None,
+      help='batch of the P-BFGS comparison (default 1024; 256 with --quick)')
     a('--steps', type=int, default=None, help='timed steps per variant per round (ratios 1 and 2)')
     a('--repeats', type=int, default=None, help='interleaved rounds of the P-SGD comparison (median taken)')
     a('--pbfgs-repeats', type=int, default=None, help='interleaved rounds of the P-BFGS comparison')

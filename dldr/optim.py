@@ -425,9 +425,10 @@ class PBFGS(torch.optim.Optimizer):
         failed (parameters left at the last trial: the caller rewrites them), or None when
         ``finite`` (a device bool: loss and gradient at w are finite) is false.  ``finite``, the
         curvature update's ``skipped`` and the losses for ``stats`` are read together with each
-        trial's comparison, so a step costs one host sync per trial and no other.  Each trial's loss is the rank-mean (one scalar all-reduced), so every rank makes
-        the same decision.  Every trial point is computed from the saved w (no drift) and the
-        buffers are restored after each trial.
+        trial's comparison, so a step costs one host sync per trial and no other.  Each trial's
+        loss is the rank-mean (one scalar all-reduced), so every rank makes the same decision.
+        Every trial point is computed from the saved w (no drift) and the buffers are restored
+        after each trial.
         """
         group = self.param_groups[0]
         _copy_all_(self._buffers_at_w, self._buffers)
