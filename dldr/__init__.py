@@ -19,6 +19,8 @@ Li et al., "Low Dimensional Trajectory Hypothesis is True: DNNs Can Be Trained i
   :class:`RedrawnSubspace` (a new random basis every step).
 * :mod:`dldr.optim` — :class:`PSGD` (projected SGD with momentum), :class:`PBFGS` (Algorithm 2)
   and :func:`project_grads_`.
+* :mod:`dldr.galore` — :class:`GaLoreAdamW`, AdamW on gradients projected onto a low-rank
+  subspace per weight matrix, re-drawn from the gradient every T steps (Zhao et al. 2024).
 * :mod:`dldr.recorder` — :class:`TrajectoryRecorder`: snapshots every N steps or epochs, in
   memory or as the ``<dir>/0.pt, 1.pt, ...`` state_dicts train_sgd.py writes.
 * :mod:`dldr.integrations` — a Hugging Face ``TrainerCallback`` and a Lightning ``Callback``
@@ -28,6 +30,7 @@ from .basis import (DEFAULT_MAX_BYTES, RANDOM_BLOCK, RANK_RTOL, Basis, Placement
                     dldr_basis, random_basis, snapshot_mean, twa_basis)
 from .comm import LOCAL, Comm, shard_range
 from .flat import flat_grad, flat_params, set_flat_grad_, set_flat_params_, trainable_params
+from .galore import GaLoreAdamW
 from .optim import CURVATURE_PAIRS, PBFGS, PSGD, STAT_KEYS, project_grads_
 from .recorder import TrajectoryRecorder, load_trajectory
 from .structured import FastfoodSubspace, RedrawnSubspace, draw_seed, fwht
@@ -37,7 +40,7 @@ from . import optim  # noqa: E402  (dldr.optim.PSGD / dldr.optim.PBFGS)
 
 __all__ = [
     'Basis', 'BASIS_DTYPES', 'Comm', 'CompactSubspace', 'CURVATURE_PAIRS', 'DEFAULT_MAX_BYTES',
-    'DenseSubspace', 'FastfoodSubspace', 'LOCAL', 'PBFGS', 'Placement', 'PRODUCT_CHUNK_BYTES', 'PSGD',
+    'DenseSubspace', 'FastfoodSubspace', 'GaLoreAdamW', 'LOCAL', 'PBFGS', 'Placement', 'PRODUCT_CHUNK_BYTES', 'PSGD',
     'RANDOM_BLOCK', 'RANK_RTOL', 'RedrawnSubspace', 'STAT_KEYS', 'Subspace', 'TrajectoryRecorder',
     'as_subspace', 'dldr_basis', 'draw_seed', 'flat_grad', 'flat_params', 'fwht', 'load_trajectory',
     'project_grads_', 'random_basis', 'set_flat_grad_', 'set_flat_params_', 'shard_range',
