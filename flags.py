@@ -161,11 +161,14 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in --help, but not for on/off flags: ``--no-augment``'s default (True) is the
-    setting's, not the flag's, and would read as if the flag were on."""
+    """Defaults in --help, but not for on/off flags (``--no-augment``'s default, True, is the
+    setting's, not the flag's, and would read as if the flag were on) nor where the default is
+    None (unset: the help says what then happens)."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        if action.nargs == 0 or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def common_parser(description, *, epochs):
@@ -262,15 +265,29 @@ def add_ignored_lr(p):
                    metavar='LR', help=f'the line search sets the step {IGNORED}')
 
 
+# --optimizer galore's settings unless given (GaLore's own defaults: rank 128, gap 200, scale 0.25).
+GALORE_DEFAULTS = {'galore_rank': 128, 'galore_gap': 200, 'galore_scale': 0.25}
+
+
 def add_sgd_args(p):
     """Flags of the sampling run (train_sgd.py) only."""
     g = p.add_argument_group('sampling run')
     a = g.add_argument
-    a('--optimizer', default='sgd', choices=('sgd', 'adam', 'adamw'),
+    a('--optimizer', default='sgd', choices=('sgd', 'adam', 'adamw', 'galore'),
       help='optimizer of the sampling run (adam uses lr 0.001 as the reference, whatever --lr '
            'says, and records that lr; adamw --lr and '
            '--weight-decay as given, e.g. --lr 1e-3 --wd 0.05 for a ViT, no decay on biases, '
-           'norms, position embedding and class token)')
+           'norms, position embedding and class token; galore: adamw with the decayed weight '
+           'matrices\' gradients projected on their top --galore-rank singular vectors, '
+           'dldr.GaLoreAdamW)')
+    a('--galore-rank', type=positive_int, default=None, metavar='R',
+      help=f'--optimizer galore: rank of the projection (default {GALORE_DEFAULTS["galore_rank"]})')
+    a('--galore-gap', type=positive_int, default=None, metavar='T',
+      help=f'--optimizer galore: steps between re-drawn projections (default '
+           f'{GALORE_DEFAULTS["galore_gap"]})')
+    a('--galore-scale', type=positive_float, default=None, metavar='S',
+      help=f'--optimizer galore: factor of the projected update (default '
+           f'{GALORE_DEFAULTS["galore_scale"]})')
     a('--start-epoch', '--start_epoch', default=0, type=nonnegative_int, metavar='N',
       help='with --resume: the epoch to continue from (taken from the checkpoint, which overrides '
            'it); without --resume only 0 is accepted')
@@ -279,9 +296,10 @@ def add_sgd_args(p):
     a('--resume', default='', metavar='PATH',
       help="resume from a full checkpoint of train_sgd.py ('auto': "
            "<save-dir>/checkpoint.pt, or a new run when there is none yet): weights, BN buffers, "
-           "optimizer, scheduler, RNG states, epoch and snapshot numbering. With -e also a weights-only file (a snapshot k.pt, or the "
-           "reference's checkpoint_*.th / model.th: a dict with 'state_dict', 'module.' keys): only "
-           "the weights and BN buffers are restored from it, not optimizer, scheduler or epoch")
+           "optimizer, scheduler, RNG states, epoch and snapshot numbering. With -e also a "
+           "weights-only file (a snapshot k.pt, or the reference's checkpoint_*.th / model.th: a "
+           "dict with 'state_dict', 'module.' keys): only the weights and BN buffers are restored "
+           "from it, not optimizer, scheduler or epoch")
     a('--pretrained', nargs='?', const=True, default=None, metavar='PATH',
       help='start from these weights. Alone: torchvision\'s default ImageNet weights '
            'of --arch, read from the local torch hub cache (<torch.hub.get_dir()>/checkpoints/; '
@@ -419,6 +437,14 @@ def finish_sgd_args(args, default_lr=None):
         raise UserError(f'--start-epoch {args.start_epoch} needs --resume: a run continues from a '
                         f'checkpoint of train_sgd.py, whose epoch it then takes')
     _finish_common(args)
+    galore_given = [f'--{k.replace("_", "-")}' for k in GALORE_DEFAULTS if getattr(args, k) is not None]
+    if args.optimizer == 'galore':
+        for key, value in GALORE_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    elif galore_given:
+        raise UserError(f'{" ".join(galore_given)} only apply to --optimizer galore, not '
+                        f'--optimizer {args.optimizer}')
     if args.resume and args.resume != 'auto':
         _check_input_file(args.resume, '--resume', 'checkpoint')
     if isinstance(args.pretrained, str):

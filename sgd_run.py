@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+import dldr
 import distributed
 import engine
 import flags
@@ -34,7 +35,8 @@ MILESTONES = {'CIFAR10': (100, 150), 'CIFAR100': (150,), 'ImageNet': (30, 60)}
 # Flags that define a trajectory: resuming with other values would mix two runs.
 TRAJECTORY_ARGS = ('arch', 'datasets', 'optimizer', 'batch_size', 'lr', 'momentum', 'weight_decay',
                    'randomseed', 'corrupt', 'noise_model', 'smalldatasets', 'amp', 'channels_last',
-                   'lr_milestones', 'snapshot_every', 'image_size')
+                   'lr_milestones', 'snapshot_every', 'image_size', 'galore_rank', 'galore_gap',
+                   'galore_scale')
 
 CHECKPOINT_KEYS = {'epoch', 'args', 'best_acc', 'epochs', 'model', 'optimizer', 'scheduler', 'rng'}
 
@@ -74,15 +76,21 @@ def schedule_text(steps):
 def make_optimizer(config, model):
     if config.optimizer == 'adam':
         return torch.optim.Adam(model.parameters(), lr=0.001, weight_decay=config.weight_decay)
-    if config.optimizer == 'adamw':
+    if config.optimizer in ('adamw', 'galore'):
         # timm's rule: no decay on biases, norms, and what the model names (a ViT's position
         # embedding and class token)
         skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-        return torch.optim.AdamW([{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}],
-                                 lr=config.lr, weight_decay=config.weight_decay)
+        groups = [{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        if config.optimizer == 'adamw':
+            return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        # GaLore projects the decayed matrices (GaLore's own scripts: the transformer's linear
+        # layers); the rest trains as AdamW
+        groups[0].update(rank=config.galore_rank, update_proj_gap=config.galore_gap,
+                         scale=config.galore_scale)
+        return dldr.GaLoreAdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 

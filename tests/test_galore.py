@@ -156,3 +156,29 @@ def test_closure_returns_the_loss():
 
     assert optimizer.step(closure).item() == 12.0
     assert (w < 1.0).all()
+
+
+def test_train_sgd_optimizer_galore_projects_matrices_and_resumes_bit_identically(tmp_path, cli):
+    """train_sgd.py --optimizer galore: the decayed weight matrices (convolutions, the classifier)
+    keep rank-2 moments, BatchNorm weights and biases full ones; 2 epochs = 1 epoch + --resume auto
+    (a re-draw after the resume included), bit for bit."""
+    from helpers import SGD_ARGS
+    args = [a for a in SGD_ARGS if not a.startswith('--epochs')] + [
+        '--optimizer', 'galore', '--galore-rank', '2', '--galore-gap', '3', '--lr', '0.01', '--wd', '0.05']
+    whole, split = tmp_path / 'whole', tmp_path / 'split'
+    cli.ok('train_sgd', *args, '--epochs', '2', '--save-dir', whole)
+    cli.ok('train_sgd', *args, '--epochs', '1', '--save-dir', split)
+    cli.ok('train_sgd', *args, '--epochs', '2', '--save-dir', split, '--resume', 'auto')
+    got, want = (torch.load(f / 'checkpoint.pt', weights_only=True) for f in (split, whole))
+    for name in got['model']:
+        assert torch.equal(got['model'][name], want['model'][name]), name
+    groups = got['optimizer']['param_groups']
+    assert (groups[0]['rank'], groups[0]['update_proj_gap'], groups[1]['rank']) == (2, 3, None)
+    state = got['optimizer']['state']
+    matrices = groups[0]['params']
+    assert matrices and all(2 in state[i]['exp_avg'].shape and 'projector' in state[i] for i in matrices)
+    assert all('projector' not in state[i] for i in groups[1]['params'])
+    for i in state:
+        for key in ('exp_avg', 'exp_avg_sq', 'projector'):
+            if key in state[i]:
+                assert torch.equal(state[i][key], want['optimizer']['state'][i][key]), (i, key)
