@@ -22,7 +22,6 @@ import dldr
 import distributed
 import models
 import seeds
-import subspace_run as subspaces
 import tracking
 import utils
 from errors import UserError
@@ -320,6 +319,7 @@ def _train_start(text):
 
 def add_subspace_args(p, *, params_end=51):
     """Flags of the subspace scripts (train_psgd.py, train_pbfgs.py)."""
+    import subspace_run as subspaces  # (it imports run, which imports this module)
     g = p.add_argument_group('subspace')
     a = g.add_argument
     a('--n_components', '--n-components', default=None, type=positive_int, metavar='D',
@@ -464,6 +464,7 @@ def finish_sgd_args(args, default_lr=None):
 def finish_subspace_args(args):
     """The subspace scripts' checks no single ``type=`` can make, the ``--half`` alias, and the
     defaults that depend on the subspace kind (d, seed, where training starts)."""
+    import subspace_run as subspaces
     _finish_common(args)
     if args.pretrain_dir and os.path.exists(args.pretrain_dir) and not os.path.isdir(args.pretrain_dir):
         raise UserError(f'--pretrain-dir {args.pretrain_dir} is a file, not the folder of a trajectory')

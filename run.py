@@ -11,15 +11,33 @@ and does what every script does at the end of an epoch and of the run.
 :class:`RunRecord` is the metrics JSON; the run is its only writer and ``metrics.py`` its only
 reader.  Nothing here communicates except where a docstring says so.
 """
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 import engine
 import flags
 import tracking
 import utils
 from distributed import Context
+
+
+def environment(device) -> dict:
+    """What ran a run, for its record: torch's and Python's versions and the device's name (a
+    GPU's, or the CPU's model as the OS reports it)."""
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
+        except OSError:
+            pass
+    return {'torch': torch.__version__, 'python': platform.python_version(), 'device': name}
 
 
 class RunRecord:
@@ -33,7 +51,8 @@ class RunRecord:
         self.is_main = context.is_main
         self.model = None
         self.elapsed_before = 0.0  # wall seconds of the parts of a resumed run before this one
-        self.data = {'args': flags.as_dict(config), **extra, 'world_size': context.world_size,
+        self.data = {'args': flags.as_dict(config), **extra, 'environment': environment(context.device),
+                     'world_size': context.world_size,
                      'batch_per_rank': config.batch_size // context.world_size,
                      'epochs': [], 'final_test_acc': None, 'best_test_acc': None, 'skipped_images': 0,
                      'finished': False}

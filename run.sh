@@ -52,6 +52,9 @@
 #                            0.1, then P-SGD 3 epochs in DLDR, random (from snapshot 0 and from 3),
 #                            Fastfood and TWA subspaces over d (sweep.py) -> tables.py kinds and
 #                            the accuracy-vs-d figure in runs/kinds
+#   bash run.sh basis-dtype  the demo's P-SGD and P-BFGS with P stored in float32, bf16 and int8
+#                            (synthetic data, a few CPU minutes) -> tables.py basis-dtype in
+#                            runs/basis_dtype
 #   DATA=/path/to/cifar10_jpeg bash run.sh imagefolder
 #                            the ImageNet path on an ImageFolder (DATA holds train/ and val/):
 #                            torchvision's ResNet-18 at 32 px on 5,000 images, SGD 4 epochs with a
@@ -145,6 +148,25 @@ demo() {
     python metrics.py table "$dir"
     echo "figures (plot.py):"
     python plot.py all "$dir" --out "$dir" |& tee -a "$log"
+}
+
+basis_dtype() {
+    # P stored in float32, bf16 and int8 (docs/USAGE.md, "The memory of P"): the demo's
+    # trajectory (ResNet20, 4,999 synthetic images, 10 SGD epochs) in $dir/sgd, then the demo's
+    # P-SGD and P-BFGS runs (d = 10) with each --basis-dtype, in $dir/<dtype>; then tables.py
+    # basis-dtype.  OUT sets the folder (default runs/basis_dtype); run again, it skips what has
+    # finished.  A few CPU minutes: CI runs it as it is.
+    local dir=${OUT:-runs/basis_dtype} common="--datasets synthetic --smalldatasets 0.5 --arch resnet20 -p 0" dtype
+    mkdir -p "$dir"
+    sgd_once "$dir/sgd" "$dir/log" $common --lr 0.1 --epochs 10 "$@"
+    local sub="$common --params_start 0 --params_end 11 --n_components 10 --pretrain-dir $dir/sgd"
+    for dtype in float32 bf16 int8; do
+        once "$dir/$dtype/metrics_psgd_d10_0-11.json" "$dir/log" train_psgd.py $sub --lr 1 --epochs 4 \
+            --lr-milestones 3 --basis-dtype $dtype --save-dir "$dir/$dtype" "$@"
+        once "$dir/$dtype/metrics_pbfgs_d10_0-11.json" "$dir/log" train_pbfgs.py $sub --epochs 3 \
+            --batch-size 256 --basis-dtype $dtype --save-dir "$dir/$dtype" "$@"
+    done
+    python tables.py basis-dtype "$dir" |& tee -a "$dir/log"
 }
 
 pbfgs_bn() {
@@ -641,10 +663,11 @@ case "$mode" in
     vit) vit "$@" ;;
     budget) budget "$@" ;;
     kinds) kinds "$@" ;;
+    basis-dtype) basis_dtype "$@" ;;
     imagefolder) imagefolder "$@" ;;
     gpu-check) gpu_check "$@" ;;
     gpu-headline) gpu_headline "$@" ;;
     imagenet) imagenet imagenet "$@" ;;
     imagenet-finetune) imagenet finetune "$@" ;;
-    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|pbfgs-bn|torchrun|sweep|resnet8|pbfgs-batch|noise|vit|budget|kinds|imagefolder|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
+    *) echo "usage: bash run.sh [cifar10|labelnoise|cifar100|demo|pbfgs-bn|torchrun|sweep|resnet8|pbfgs-batch|noise|vit|budget|kinds|basis-dtype|imagefolder|gpu-check|gpu-headline|imagenet|imagenet-finetune] [extra flags]" >&2; exit 2 ;;
 esac

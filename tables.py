@@ -14,6 +14,7 @@
     python tables.py kinds runs/kinds              # P-SGD in each subspace kind over d (bash run.sh kinds)
     python tables.py imagefolder runs/imagefolder  # SGD, P-SGD, P-BFGS on an ImageFolder (bash run.sh imagefolder)
     python tables.py imagefolder-diagnosis runs/imagefolder  # why P-BFGS is stuck there (bash run.sh imagefolder)
+    python tables.py basis-dtype runs/basis_dtype  # P stored in float32 / bf16 / int8 (bash run.sh basis-dtype)
 
 Each reads the metrics JSON files the training scripts wrote under the folder (one sub-folder per
 SGD trajectory: ``sgd_s<seed>`` for resnet8 and gpu-headline, ``c<level>`` for noise; kinds and
@@ -30,7 +31,7 @@ The tables in the docs are generated from committed records (provenance):
 ``collect`` copies only the records of a recipe's folder (every ``metrics_*.json``, and
 ``label_noise.json`` / ``sweep.json`` / the ``-e`` logs ``evaluate_b<B>_n<N>.log``; no
 checkpoint), keeping the relative paths, so
-``docs/runs/<table>/`` mirrors the folder the recipe wrote.  In README.md and docs/*.md a table
+``docs/runs/<folder>/`` mirrors the folder the recipe wrote.  In README.md and docs/*.md a table
 generated from them sits between two markers,
 
     <!-- table: budget docs/runs/budget -->
@@ -49,13 +50,15 @@ import shutil
 import statistics
 import sys
 
+import torch
+
 import distributed
 import flags
 import metrics
 import pipelines
 import sweep
 import utils
-from dldr import PBFGS
+from dldr import BASIS_DTYPES, PBFGS
 from errors import UserError
 
 # ResNet8 on CIFAR-10 (the paper's comparison with random subspaces; lr 0.1, batch 128, momentum
@@ -101,7 +104,7 @@ def resnet8_table(folder):
                 continue
             acc.setdefault(row, []).append(run['final_test_acc'])
             dims[row], epochs[row] = d, len(run['epochs'])
-            minutes.setdefault(row, []).append(run['seconds'] / 60)
+            minutes.setdefault(row, []).append(run_minutes(run))
     lines = ['| method | dimension (ours) | epochs | final test acc, ours (runs) | minutes per run | '
              'dimension (paper) | paper |',
              '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -189,7 +192,7 @@ def pbfgs_batch_table(folder):
                          summary['mean_trials'], total['failed_searches'], total['curvature_skips'],
                          summary['mean_step_size'], last['own_batch_loss_after_step'],
                          last['loss_before_step'], summary['gradient_captured'],
-                         ep[-1].get('gradient_signal'), run['seconds'] / 60))
+                         ep[-1].get('gradient_signal'), run_minutes(run)))
     for b, pairs, d, e, steps, acc, trials, failed, skips, step, own, nxt, captured, signal, minutes in sorted(rows):
         lines.append(f'| {b} | {pairs} | {d} | {e} | {steps} | {acc:.2f} | {trials:.2f} | {failed} | '
                      f'{skips} | {step:.3g} | {number_text(own, ".3f")} | {number_text(nxt, ".3f")} | '
@@ -300,6 +303,11 @@ def minutes(rows):
     return sum(r['seconds'] for r in rows) / 60
 
 
+def run_minutes(run):
+    """A run's minutes: its epochs (``seconds``) and, for a subspace run, building its basis."""
+    return (run['seconds'] + (run.get('basis') or {}).get('seconds', 0)) / 60
+
+
 def gpu_headline_table(folder):
     """Rows of the headline table (bash run.sh gpu-headline) from ``folder``/sgd_s*/: SGD up to
     the last snapshot of the P-BFGS basis (epoch 80), P-BFGS from it, SGD to its last epoch
@@ -322,7 +330,7 @@ def gpu_headline_table(folder):
             d, batch = run['basis']['n_components'], run['args']['batch_size']
             pbfgs_epochs = len(run['epochs'])
             pbfgs.append(run['final_test_acc'])
-            t_pbfgs.append((run['seconds'] + run['basis'].get('seconds', 0)) / 60)
+            t_pbfgs.append(run_minutes(run))
         at = split or len(sgd['epochs'])  # no P-BFGS yet: as far as SGD has got
         reached.append(at)
         row = epoch_row(sgd, at)
@@ -672,11 +680,59 @@ def imagefolder_diagnosis_table(folder):
     return lines
 
 
+def basis_bytes(run):
+    """P's bytes in a run's ``--basis-dtype``: d × n entries, plus d float32 row scales for the
+    scaled types (fp16, int8)."""
+    dtype = BASIS_DTYPES[run['args'].get('basis_dtype') or 'float32']
+    d, n = run.subspace_dim, run['n_parameters']
+    return d * n * torch.empty((), dtype=dtype).element_size() + (4 * d if dtype in (torch.float16, torch.int8) else 0)
+
+
+def basis_dtype_table(folder):
+    """Rows of the basis-dtype table (bash run.sh basis-dtype): P-SGD and P-BFGS in one
+    trajectory's subspace with P stored in each ``--basis-dtype`` (a sub-folder per type), one
+    row per type: P's bytes (:func:`basis_bytes`) and each method's ``final_test_acc`` (the
+    running statistics) / ``final_test_acc_bn``, with the difference from float32's in points."""
+    runs = {}
+    for sub in run_folders(folder):
+        for run in finished_runs(sub):
+            if run['method'] != 'sgd':
+                runs[run['args'].get('basis_dtype') or 'float32', run['method']] = run
+    methods = [m for m in ('psgd', 'pbfgs') if any(k[1] == m for k in runs)]
+    header = ''.join(f' {metrics.METHOD_NAMES[m]} ({_epochs_batch(runs, m)}): final test acc, running / '
+                     f're-estimated (− float32) |' for m in methods)
+    lines = ['| `--basis-dtype` | P bytes |' + header, '| --- | ---: |' + ' ---: |' * len(methods)]
+    for dtype in (t for t in BASIS_DTYPES if any(k[0] == t for k in runs)):
+        cells = []
+        for m in methods:
+            run, base = runs.get((dtype, m)), runs.get(('float32', m))
+            if run is None:
+                cells.append('')
+                continue
+            pair = (run['final_test_acc'], run.get('final_test_acc_bn'))
+            text = ' / '.join(acc_text(v) for v in pair)
+            if base is not None and dtype != 'float32':
+                diffs = [a - b if None not in (a, b) else None
+                         for a, b in zip(pair, (base['final_test_acc'], base.get('final_test_acc_bn')))]
+                text += ' (' + ' / '.join('-' if x is None else f'{x:+.2f}' for x in diffs) + ')'
+            cells.append(text)
+        size = next(basis_bytes(runs[dtype, m]) for m in methods if (dtype, m) in runs)
+        lines.append(f'| {dtype} | {size:,} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def _epochs_batch(runs, method):
+    """'4 epochs, batch 128' of the ``method`` runs (the first found)."""
+    run = next(r for k, r in runs.items() if k[1] == method)
+    return f'{len(run["epochs"])} epochs, batch {run["args"]["batch_size"]}'
+
+
 TABLES = {'resnet8': resnet8_table, 'noise': noise_table, 'pbfgs-batch': pbfgs_batch_table,
           'vit': vit_table, 'budget': budget_table, 'improve': improve_table,
           'gpu-headline': gpu_headline_table, 'demo': demo_table, 'pbfgs-bn': pbfgs_bn_table,
           'torchrun': torchrun_table, 'bn-images': bn_images_table, 'kinds': kinds_table,
-          'imagefolder': imagefolder_table, 'imagefolder-diagnosis': imagefolder_diagnosis_table}
+          'imagefolder': imagefolder_table, 'imagefolder-diagnosis': imagefolder_diagnosis_table,
+          'basis-dtype': basis_dtype_table}
 # table -> (the run.sh recipe that makes its runs, the folder the recipe writes them into)
 RECIPES = {'resnet8': ('resnet8', 'runs/resnet8'), 'noise': ('noise', 'runs/noise'),
            'pbfgs-batch': ('pbfgs-batch', 'runs/resnet8'), 'vit': ('vit', 'runs/vit'),
@@ -685,10 +741,11 @@ RECIPES = {'resnet8': ('resnet8', 'runs/resnet8'), 'noise': ('noise', 'runs/nois
            'pbfgs-bn': ('pbfgs-bn', 'runs/pbfgs_bn'), 'torchrun': ('torchrun', 'runs/torchrun'),
            'bn-images': ('pbfgs-batch', 'runs/resnet8'),
            'kinds': ('kinds', 'runs/kinds'), 'imagefolder': ('imagefolder', 'runs/imagefolder'),
-           'imagefolder-diagnosis': ('imagefolder', 'runs/imagefolder')}
+           'imagefolder-diagnosis': ('imagefolder', 'runs/imagefolder'),
+           'basis-dtype': ('basis-dtype', 'runs/basis_dtype')}
 
 # ---------------------------------------------------------------------------------------------
-# Provenance: the records of the docs' tables (docs/runs/<table>/) and the tables between markers.
+# Provenance: the records of the docs' tables (docs/runs/<folder>/) and the tables between markers.
 # ---------------------------------------------------------------------------------------------
 RECORD_NAMES = ('label_noise.json', 'sweep.json')  # besides every metrics_*.json and -e log
 MARKER = re.compile(r'^<!-- table: (?P<table>\S+) (?P<folder>\S+) -->\s*$')
@@ -844,7 +901,7 @@ def parse_collect(argv):
     p = flags.Parser(prog='tables.py collect', description='copy the records (metrics_*.json, '
                      'label_noise.json, sweep.json, evaluate_b<B>_n<N>.log; no checkpoint) of a '
                      'recipe\'s folder into '
-                     'docs/runs/<table>/, keeping their relative paths')
+                     'docs/runs/<folder>/, keeping their relative paths')
     p.add_argument('runs_dir', help='the folder the run.sh recipe wrote, e.g. runs/budget')
     p.add_argument('dest', help='the records folder, e.g. docs/runs/budget')
     return p.parse_args(argv)

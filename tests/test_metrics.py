@@ -1,6 +1,7 @@
 """The run record (run.RunRecord) and its one reader (metrics.py): what a finished file says,
 files of the previous version, the demo table, and that no record method communicates."""
 import json
+import platform
 from argparse import Namespace
 
 import pytest
@@ -38,6 +39,8 @@ def test_record_methods_and_finished_flag(tmp_path):
     r.add_epoch({'epoch': 1, 'test_acc': 10.0}, skipped_images=2)
     assert not metrics.finished(str(path)) and sweep.finished(str(path)) is None
     r.add_epoch({'epoch': 2, 'test_acc': 5.0})
+    env = json.loads(path.read_text())['environment']  # what ran it
+    assert env['torch'] == torch.__version__ and env['python'] == platform.python_version() and env['device']
     r.finish(3.5)
     m = metrics.load(str(path))
     assert m['finished'] is True and m.finished and metrics.finished(str(path))
