@@ -9,6 +9,8 @@ re-exported here, so callers write ``utils.load_data``, ``utils.DeviceLoader``, 
 ``utils/loading.py``     from the flags to a run's data (subset, noise) and this rank's loaders
 ``utils/model.py``       ``--arch`` built for the data, ``--pretrained`` weights, ``--compile``
 ``utils/files.py``       atomic writes, safe loads, trajectory snapshots, save-dir checks
+``utils/subset.py``      ``python -m utils.subset``: a class-balanced CIFAR subset as pickles (not
+                         re-exported: it is a command)
 =======================  ===========================================================================
 
 The method itself (basis, projection, P-BFGS) lives in the ``dldr`` package, the loops in
