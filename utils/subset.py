@@ -9,8 +9,8 @@ keeps that split whole, as it is), drawn by ``np.random.default_rng(S)``: per cl
 of its rows cut to size, then the split shuffled; training first, then test.  The training
 subset is split evenly over data_batch_1..5, in order; the meta file is copied as is; the rows
 keep their labels (CIFAR-100: fine and coarse) and file names.  The docs' subspace-kinds study
-(docs/RESULTS.md) used ``--train 10000 --test 2000 --seed 0``, drawn by the same recipe in
-shared/tools/make_cifar10.py from its JPEG archive (other pickles, in another order, give other images).
+(docs/RESULTS.md) used a 10,000 / 2,000 subset drawn by this recipe with seed 0 from a
+JPEG-compressed copy of CIFAR-10, read in another order: the original pickles give other images.
 """
 import os
 import pickle
