@@ -264,7 +264,7 @@ def add_ignored_lr(p):
                    metavar='LR', help=f'the line search sets the step {IGNORED}')
 
 
-# --optimizer galore's settings unless given (GaLore's own defaults: rank 128, gap 200, scale 0.25).
+# --optimizer galore's settings unless given: GaLore's README example (rank 128, gap 200, scale 0.25).
 GALORE_DEFAULTS = {'galore_rank': 128, 'galore_gap': 200, 'galore_scale': 0.25}
 
 
@@ -280,7 +280,8 @@ def add_sgd_args(p):
            'matrices\' gradients projected on their top --galore-rank singular vectors, '
            'dldr.GaLoreAdamW)')
     a('--galore-rank', type=positive_int, default=None, metavar='R',
-      help=f'--optimizer galore: rank of the projection (default {GALORE_DEFAULTS["galore_rank"]})')
+      help=f'--optimizer galore: rank of the projection (default {GALORE_DEFAULTS["galore_rank"]}); '
+           f'only matrices whose smaller side is above R are reduced (the run says how many)')
     a('--galore-gap', type=positive_int, default=None, metavar='T',
       help=f'--optimizer galore: steps between re-drawn projections (default '
            f'{GALORE_DEFAULTS["galore_gap"]})')

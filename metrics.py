@@ -6,7 +6,7 @@ runs through here.
 
 A file has ``args`` (the flags), ``method`` (sgd, psgd, pbfgs), ``epochs`` (one row per epoch:
 epoch, train/test loss and accuracy, seconds, ...), ``final_test_acc``, ``best_test_acc``,
-``n_parameters``; a subspace run also ``basis`` (kind, n_components, snapshots, seed, start, ...);
+``n_parameters``, ``environment`` (torch, python, device_type, device); a subspace run also ``basis`` (kind, n_components, snapshots, seed, start, ...);
 a sampling run ``snapshots`` (snapshot number -> epoch, step, iteration).  A completed run says
 ``"finished": true``; files of before that key count as finished when they hold the run's
 ``seconds`` (written only at the end).

@@ -26,8 +26,9 @@ from distributed import Context
 
 
 def environment(device) -> dict:
-    """What ran a run, for its record: torch's and Python's versions and the device's name (a
-    GPU's, or the CPU's model as the OS reports it)."""
+    """What ran a run, for its record: torch's and Python's versions, the device's type and name (a
+    GPU's, or the CPU's model as the OS reports it; for another accelerator, the host CPU's).  A
+    resumed run's record holds its last part's."""
     if device.type == 'cuda':
         name = torch.cuda.get_device_name(device)
     else:
@@ -37,7 +38,8 @@ def environment(device) -> dict:
                 name = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), name)
         except OSError:
             pass
-    return {'torch': torch.__version__, 'python': platform.python_version(), 'device': name}
+    return {'torch': torch.__version__, 'python': platform.python_version(), 'device_type': device.type,
+            'device': name}
 
 
 class RunRecord:

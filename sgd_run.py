@@ -95,6 +95,17 @@ def make_optimizer(config, model):
                            weight_decay=config.weight_decay)
 
 
+def galore_note(config, optimizer):
+    """How many weight matrices --galore-rank actually reduces; a note that says so when none."""
+    reduced, total = dldr.galore.projected_count(optimizer.param_groups[0]['params'], config.galore_rank)
+    text = (f'--optimizer galore: rank {config.galore_rank} reduces {reduced} of the {total} decayed '
+            f'weight matrices (those whose smaller side is above {config.galore_rank})')
+    if not reduced:
+        text = ('note: ' + text + '; each of the others steps as AdamW in a rotated basis, times '
+                f'--galore-scale, and keeps full-size moments: give a smaller --galore-rank')
+    return text
+
+
 # ---------------------------------------------------------------------------------------------
 # What a new run or a resume continues.
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +213,8 @@ class SGDRun(Run):
         model = utils.build_model(config, data, context.device,
                                   None if start.resume else config.pretrained)
         optimizer = make_optimizer(config, model)
+        if config.optimizer == 'galore' and not config.evaluate:
+            context.print(galore_note(config, optimizer))
         generator = seeds.generator('data', config.randomseed)
         train_loader, test_loader = utils.make_loaders(data, config, context, generator)
         run = cls(config, context, 'sgd', data, model, train_loader, test_loader,

@@ -33,12 +33,32 @@ def orthogonal_factor(matrix: Tensor, rank: int, side: str) -> Tensor:
 
     Each vector's sign is fixed so that its entry of largest magnitude is positive: an SVD's
     signs are arbitrary and differ between libraries and devices, and the Adam moments, kept in
-    these coordinates across re-draws, would otherwise depend on them."""
+    these coordinates across re-draws, would otherwise depend on them.
+
+    A non-finite ``matrix`` (a diverging run) gives a NaN factor of the right shape rather than an
+    error, so the step makes the weights non-finite and the training loop's own check reports it.
+    """
+    m, n = matrix.shape
+    if not torch.isfinite(matrix).all():
+        shape = (min(rank, m, n), n) if side == 'right' else (m, min(rank, m, n))
+        return torch.full(shape, float('nan'), device=matrix.device)
     u, _, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
     rows = vh[:rank] if side == 'right' else u[:, :rank].T
     signs = torch.sign(rows.gather(1, rows.abs().argmax(dim=1, keepdim=True)))
     rows = rows * signs
     return rows if side == 'right' else rows.T
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def projected_count(model_or_params, rank: int) -> tuple[int, int]:
+    """(how many of the tensors of 2+ dimensions a ``rank`` projection actually reduces, i.e.
+    whose matrix view has a smaller side above ``rank``; how many there are)."""
+    params = model_or_params.parameters() if hasattr(model_or_params, 'parameters') else model_or_params
+    sides = [min(p.shape[0], p[0].numel()) for p in params if p.ndim >= 2]
+    return sum(side > rank for side in sides), len(sides)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
@@ -55,11 +75,13 @@ class GaLoreAdamW(torch.optim.Optimizer):
     without a ``rank`` take torch's AdamW step.
 
     Differences from GaLore's reference optimizer (galore_torch.AdamW): torch.optim.AdamW's
-    defaults (ε 1e-8, weight decay 1e-2 applied before the step) rather than transformers'
-    (ε 1e-6, decay after it); the singular vectors' signs are fixed (see
-    :func:`orthogonal_factor`); a tensor of 3+ dimensions is flattened to a matrix (GaLore uses a
-    Tucker projector there); a ``rank`` at or above a matrix's smaller side keeps all of it (the
-    step is then Adam in a rotated basis: no memory saved).
+    formula and defaults (ε added to the bias-corrected sqrt(V), 1e-8, and weight decay 1e-2
+    before the step) rather than transformers' (ε 1e-6 added to the uncorrected sqrt(V), decay
+    after the step); the singular vectors' signs are fixed (see :func:`orthogonal_factor`); a
+    tensor of 3+ dimensions is flattened to a matrix (galore_torch has a Tucker projector for
+    groups that set ``dim`` > 2).  A ``rank`` at or above a matrix's smaller side keeps all of it:
+    the step is then Adam in a rotated basis and saves no memory (:func:`projected_count` says
+    how many matrices a rank reduces).
 
     The state (``step``, ``exp_avg``, ``exp_avg_sq``, ``projector``) is made of tensors in the
     parameter's dtype and an int, so ``state_dict()`` reloads with ``torch.load(weights_only=True)``
@@ -73,8 +95,10 @@ class GaLoreAdamW(torch.optim.Optimizer):
         eps: ε (default 1e-8).
         weight_decay: decoupled weight decay λ (default 1e-2).
         rank: r, the projection's rank; None (the default) leaves a group unprojected.
-        update_proj_gap: T, steps between projector re-draws (default 200, GaLore's).
-        scale: the factor of the projected update, GaLore's α (default 0.25).
+        update_proj_gap: T, steps between projector re-draws (default 200, as GaLore's README
+            example; its training script defaults to 50).
+        scale: the factor of the projected update, GaLore's α (default 0.25, as that example;
+            the script's default is 1.0).
         proj_type: one of :data:`PROJ_TYPES` (default 'std').
         maximize: maximize the objective (default False).
 
@@ -105,10 +129,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
             (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0, f'betas must be in [0, 1), got {group["betas"]}'),
             (group['eps'] >= 0.0, f'eps must be >= 0, got {group["eps"]}'),
             (group['weight_decay'] >= 0.0, f'weight_decay must be >= 0, got {group["weight_decay"]}'),
-            (group['rank'] is None or (isinstance(group['rank'], int) and group['rank'] >= 1),
+            (group['rank'] is None or (_is_int(group['rank']) and group['rank'] >= 1),
              f'rank must be a positive int or None, got {group["rank"]!r}'),
-            (isinstance(group['update_proj_gap'], int) and group['update_proj_gap'] >= 1,
+            (_is_int(group['update_proj_gap']) and group['update_proj_gap'] >= 1,
              f'update_proj_gap must be a positive int, got {group["update_proj_gap"]!r}'),
+            (group['scale'] > 0.0, f'scale must be > 0, got {group["scale"]}'),
             (group['proj_type'] in PROJ_TYPES,
              f'proj_type must be one of {", ".join(PROJ_TYPES)}, got {group["proj_type"]!r}'),
         )

@@ -51,12 +51,14 @@ def run_torch(w0, a, b, steps, optimizer=None, **settings):
     return w.detach().numpy(), optimizer
 
 
-@pytest.mark.parametrize('shape, proj_type, side', [((12, 5), 'std', 'right'), ((5, 12), 'std', 'left'),
-                                                    ((12, 5), 'reverse_std', 'left'), ((5, 12), 'right', 'right')])
-def test_matches_numpy(shape, proj_type, side):
+@pytest.mark.parametrize('shape, proj_type, side, rank', [
+    ((12, 5), 'std', 'right', 2), ((5, 12), 'std', 'left', 2), ((12, 5), 'reverse_std', 'left', 2),
+    ((5, 12), 'right', 'right', 2), ((6, 4), 'left', 'left', 3),
+    ((6, 4), 'std', 'right', 10)])  # a rank above the smaller side keeps all of it
+def test_matches_numpy(shape, proj_type, side, rank):
     a, b = quadratic(shape, 0)
     w0 = np.random.default_rng(1).standard_normal(shape)
-    settings = dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, rank=2, scale=0.5)
+    settings = dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, rank=rank, scale=0.5)
     got, _ = run_torch(w0, a, b, 8, weight_decay=0.1, update_proj_gap=3, proj_type=proj_type, **settings)
     expected = numpy_galore(w0, a, b, 8, wd=0.1, gap=3, side=side, **settings)
     assert np.abs(expected - w0).max() > 0.1  # it moved
@@ -138,7 +140,9 @@ def test_signs_are_fixed():
 @pytest.mark.parametrize('settings, message', [
     ({'rank': 0}, 'rank must be a positive int'), ({'rank': 2.5}, 'rank must be a positive int'),
     ({'update_proj_gap': 0}, 'update_proj_gap'), ({'proj_type': 'up'}, 'proj_type'),
-    ({'lr': -1.0}, 'lr'), ({'betas': (0.9, 1.0)}, 'betas'), ({'weight_decay': -0.1}, 'weight_decay')])
+    ({'rank': True}, 'rank must be a positive int'), ({'scale': 0.0}, 'scale must be > 0'),
+    ({'scale': -1.0}, 'scale'), ({'lr': -1.0}, 'lr'), ({'betas': (0.9, 1.0)}, 'betas'),
+    ({'weight_decay': -0.1}, 'weight_decay')])
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         GaLoreAdamW([torch.nn.Parameter(torch.zeros(3, 3))], **settings)
@@ -182,3 +186,84 @@ def test_train_sgd_optimizer_galore_projects_matrices_and_resumes_bit_identicall
         for key in ('exp_avg', 'exp_avg_sq', 'projector'):
             if key in state[i]:
                 assert torch.equal(state[i][key], want['optimizer']['state'][i][key]), (i, key)
+
+
+def test_a_non_finite_gradient_at_a_redraw_gives_non_finite_weights_not_an_error():
+    """A diverging run: the SVD of a NaN gradient is not attempted; the weights turn NaN, which the
+    training loop's own check reports."""
+    w = torch.nn.Parameter(torch.ones(5, 3))
+    optimizer = GaLoreAdamW([{'params': [w], 'rank': 2}])
+    w.grad = torch.full((5, 3), float('nan'))
+    optimizer.step()
+    assert torch.isnan(w).all() and tuple(optimizer.state[w]['projector'].shape) == (2, 3)
+
+
+def test_bf16_parameters_keep_bf16_state_and_follow_float32():
+    a, b = quadratic((8, 5), 4)
+    w0 = np.random.default_rng(5).standard_normal((8, 5))
+    settings = dict(lr=0.02, rank=2, update_proj_gap=2)
+    full, _ = run_torch(w0, a, b, 5, **settings)
+    w = torch.nn.Parameter(torch.tensor(w0, dtype=torch.bfloat16))
+    optimizer = GaLoreAdamW([w], **settings)
+    at, bt = torch.tensor(a, dtype=torch.bfloat16), torch.tensor(b, dtype=torch.bfloat16)
+    for _ in range(5):
+        optimizer.zero_grad()
+        (0.5 * (at @ w - bt).float().square().sum()).backward()
+        optimizer.step()
+    assert {t.dtype for t in optimizer.state[w].values() if isinstance(t, torch.Tensor)} == {torch.bfloat16}
+    np.testing.assert_allclose(w.detach().float().numpy(), full, atol=0.05)  # bf16's 8-bit mantissa
+
+
+def test_steps_without_a_gradient_do_not_count_and_channels_last_is_the_same_step():
+    """A parameter without a gradient is skipped (its step count, hence the re-draws, count its
+    own steps); a channels_last kernel steps as a contiguous one."""
+    torch.manual_seed(0)
+    kernel = torch.randn(6, 4, 3, 3)
+    grads = [torch.randn(6, 4, 3, 3) for _ in range(4)]
+    finals = []
+    for layout, skip in ((torch.contiguous_format, None), (torch.channels_last, None), (torch.contiguous_format, 2)):
+        w = torch.nn.Parameter(kernel.clone().to(memory_format=layout))
+        optimizer = GaLoreAdamW([{'params': [w], 'rank': 2, 'update_proj_gap': 2}], lr=0.01)
+        for i, g in enumerate(grads):
+            w.grad = None if i == skip else g.clone().to(memory_format=layout)
+            optimizer.step()
+        finals.append((w.detach().clone(), optimizer.state[w]['step']))
+    torch.testing.assert_close(finals[1][0], finals[0][0], rtol=1e-6, atol=1e-7)
+    assert (finals[0][1], finals[2][1]) == (4, 3)
+    # the skipped run equals three steps on the other gradients
+    w = torch.nn.Parameter(kernel.clone())
+    optimizer = GaLoreAdamW([{'params': [w], 'rank': 2, 'update_proj_gap': 2}], lr=0.01)
+    for g in (grads[0], grads[1], grads[3]):
+        w.grad = g.clone()
+        optimizer.step()
+    assert torch.equal(w.detach(), finals[2][0])
+
+
+def test_train_sgd_groups_and_note():
+    """make_optimizer: the decayed matrices are projected; biases, norms and the model's
+    no_weight_decay() names (a ViT's position embedding) train as AdamW; the run says how many
+    matrices the rank reduces, with a note when it reduces none."""
+    from types import SimpleNamespace
+    import sgd_run
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 5)
+            self.pos = torch.nn.Parameter(torch.zeros(4, 6))
+
+        def no_weight_decay(self):
+            return {'pos'}
+
+    model = Tiny()
+    config = SimpleNamespace(optimizer='galore', lr=0.01, weight_decay=0.1, galore_rank=3, galore_gap=5,
+                             galore_scale=0.5)
+    optimizer = sgd_run.make_optimizer(config, model)
+    projected, plain = optimizer.param_groups
+    assert [p is model.fc.weight for p in projected['params']] == [True]
+    assert (projected['rank'], projected['update_proj_gap'], projected['scale']) == (3, 5, 0.5)
+    assert plain['rank'] is None and plain['weight_decay'] == 0.0
+    assert {id(p) for p in plain['params']} == {id(model.fc.bias), id(model.pos)}
+    assert sgd_run.galore_note(config, optimizer).startswith('--optimizer galore: rank 3 reduces 1 of the 1')
+    config.galore_rank = 5  # fc.weight is 5 x 6: nothing to reduce
+    assert sgd_run.galore_note(config, optimizer).startswith('note: --optimizer galore: rank 5 reduces 0 of the 1')
