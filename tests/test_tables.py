@@ -346,3 +346,23 @@ def test_imagefolder_tables_label_each_run_from_its_record_and_read_the_pbfgs_di
         f'| {pbfgs} | 2 | 9.83 | 9.90 | 10.00 | 2.476 | 20 | 1.50 | 0.85 | 2.470 / 2.477 | 0.0065 | 0.050 |',
         '| P-BFGS, d = 8 of snapshots 8..16, from snapshot 8, batch 256, consecutive pairs | 1 | 15.44 | - | 16.70 '
         '| 2.438 | 20 | 2.20 | 0.76 | 2.403 / 2.433 | - | 0.050 |']
+
+
+def test_basis_dtype_table_bytes_and_the_difference_from_float32(tmp_path):
+    """A row per --basis-dtype: P's bytes (d × n × the type's size, + d float32 scales for int8),
+    each method's running / re-estimated accuracy and its difference from float32's."""
+    accs = {('float32', 'psgd'): (88.2, 87.85), ('bf16', 'psgd'): (88.2, 87.9), ('int8', 'psgd'): (88.05, 87.85),
+            ('float32', 'pbfgs'): (88.2, 88.9), ('bf16', 'pbfgs'): (88.25, 88.85), ('int8', 'pbfgs'): (88.2, 88.9)}
+    write_run(tmp_path / 'sgd/metrics_sgd.json', 'sgd', 88.55, n_parameters=1000)
+    for (dtype, method), (running, bn) in accs.items():
+        rows = [{'epoch': e, 'test_acc': running} for e in range(1, 5 if method == 'psgd' else 4)]
+        write_run(tmp_path / f'{dtype}/metrics_{method}_d10_0-11.json', method, running, n_parameters=1000,
+                  args={'basis_dtype': dtype, 'batch_size': 128 if method == 'psgd' else 256}, epochs=rows,
+                  basis={'kind': 'dldr', 'n_components': 10}, extra={'final_test_acc_bn': bn})
+    lines = tables.basis_dtype_table(str(tmp_path))
+    assert lines[0] == ('| `--basis-dtype` | P bytes | P-SGD (4 epochs, batch 128): final test acc, running / '
+                        're-estimated (− float32) | P-BFGS (3 epochs, batch 256): final test acc, running / '
+                        're-estimated (− float32) |')
+    assert lines[2:] == ['| float32 | 40,000 | 88.20 / 87.85 | 88.20 / 88.90 |',
+                         '| bf16 | 20,000 | 88.20 / 87.90 (+0.00 / +0.05) | 88.25 / 88.85 (+0.05 / -0.05) |',
+                         '| int8 | 10,040 | 88.05 / 87.85 (-0.15 / +0.00) | 88.20 / 88.90 (+0.00 / +0.00) |']
