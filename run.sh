@@ -135,7 +135,7 @@ imagenet() {  # $1: imagenet or finetune
 }
 
 demo() {
-    # ResNet20 on 5,000 synthetic images: 10 SGD epochs sample 11 snapshots (0..10), then 10-D
+    # ResNet20 on 4,999 synthetic images: 10 SGD epochs sample 11 snapshots (0..10), then 10-D
     # subspace training from snapshot 0 (P-SGD: 4 epochs, lr x0.1 after the 3rd; P-BFGS: 3 epochs
     # of batch 256, 20 steps each).  runs/demo (OUT sets another) is the demo's own folder: it is
     # replaced; its log is $dir.log.
@@ -192,7 +192,7 @@ pbfgs_bn() {
 
 torchrun_study() {
     # One process against 2 processes under torchrun (gloo, CPU; docs/RESULTS.md): ResNet20 on
-    # 5,000 synthetic images, SGD 6 epochs (snapshots 0..6), 6-D P-SGD 3 epochs (lr 1, x0.1 after
+    # 4,999 synthetic images, SGD 6 epochs (snapshots 0..6), 6-D P-SGD 3 epochs (lr 1, x0.1 after
     # 2) and P-BFGS 3 epochs of batch 256 from snapshot 0, the same global batches once in one
     # process ($dir/one) and once as 2 ranks ($dir/two); then the subspace phase alone as 2 ranks
     # on the one-process trajectory ($dir/two_on_one).  OUT sets the folder (default runs/torchrun);
