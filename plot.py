@@ -400,10 +400,13 @@ def plot_dims(opts):
     else:
         ax.set_xticks(sorted(set(ds)))
     spread = 'min–max' if opts.spread == 'minmax' else 'standard error'
+    several = any(n > 1 for rows in groups.values() for *_, n in rows)
     ax.set(xlabel='subspace dimension d (n_components)', ylabel='final test accuracy (%)',
-           title=f'Final test accuracy vs subspace dimension: {setting(runs)}\n(mean over seeds, bars: {spread})')
+           title=f'Final test accuracy vs subspace dimension: {setting(runs)}'
+                 + (f'\n(mean over seeds, bars: {spread})' if several else ' (one seed)'))
     ax.grid(alpha=0.3, which='both')
-    ax.legend(fontsize='small')
+    # below the axes: the lines of a kinds study fill the whole plot
+    ax.legend(fontsize='small', loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=2)
     return save(fig, opts, 'dims.png')
 
 
