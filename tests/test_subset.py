@@ -231,3 +231,19 @@ def test_the_command_line(cifar10, tmp_path):
     assert 'wrote' in done.stdout and len(utils.read_cifar(str(tmp_path / 'o'), 'CIFAR10').test_y) == 20
     again = subprocess.run(cmd, cwd=ROOT, env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     assert_one_line_error(again, 'already exists')
+
+
+def test_a_folder_made_at_the_target_while_writing_is_kept(cifar10, tmp_path, capsys, monkeypatch):
+    """The target is claimed by mkdir, not replaced by a rename: a folder that appears there after
+    the first check (another process) is left as it was, and no temporary folder stays behind."""
+    out = tmp_path / 'out'
+    copy = subset.shutil.copyfile
+
+    def copy_then_race(src, dst):
+        copy(src, dst)
+        (out / C10).mkdir()  # empty: a rename would silently replace it
+
+    monkeypatch.setattr(subset.shutil, 'copyfile', copy_then_race)
+    result = in_process(capsys, 'utils.subset', '--data-dir', cifar10, '--out', out, '--train', 100)
+    assert_one_line_error(result, str(out / C10), 'already exists')
+    assert sorted(os.listdir(out)) == [C10] and os.listdir(out / C10) == []

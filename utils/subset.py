@@ -161,7 +161,17 @@ def main(argv=None):
             dump(os.path.join(tmp, file), train, part, f'training batch {i} of {len(train_files)}')
         dump(os.path.join(tmp, test_files[0]), test, test_idx, 'testing batch 1 of 1')
         shutil.copyfile(meta, os.path.join(tmp, META[name]))
-        os.rename(tmp, target)
+        os.mkdir(target)  # claims the name atomically: a folder made there since the check is kept
+        try:
+            for file in os.listdir(tmp):
+                os.rename(os.path.join(tmp, file), os.path.join(target, file))
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        os.rmdir(tmp)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f'{target} already exists (never overwritten: remove it or give another --out)') from None
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
