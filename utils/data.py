@@ -41,29 +41,34 @@ class Dataset:
 _CIFAR = {
     # name: (folder, train files, test files, label key, classes, mean, std)
     'CIFAR10': ('cifar-10-batches-py', [f'data_batch_{i}' for i in range(1, 6)], ['test_batch'],
-                b'labels', 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'CIFAR100': ('cifar-100-python', ['train'], ['test'], b'fine_labels', 100,
+                'labels', 10, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'CIFAR100': ('cifar-100-python', ['train'], ['test'], 'fine_labels', 100,
                  (0.5070751592371323, 0.48654887331495095, 0.4409178433670343),
                  (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)),
 }
 
 
+def load_cifar_file(path, label_key):
+    """One CIFAR pickle (the original's bytes keys or a rebuilt copy's str keys) as a dict with str
+    keys, its ``data`` as uint8 rows of 3072 and ``label_key``'s labels as int64; a missing or
+    unreadable file is a UserError that names it."""
+    try:
+        with open(path, 'rb') as f:
+            entry = pickle.load(f, encoding='latin1')
+        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        entry['data'] = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3072)
+        entry[label_key] = np.asarray(entry[label_key], dtype=np.int64)
+    except FileNotFoundError:
+        raise UserError(f'incomplete dataset folder: {path} is missing') from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f'corrupt dataset file {path}: {type(e).__name__}: {e}') from None
+    return entry
+
+
 def _read_cifar_pickles(folder, files, label_key):
-    xs, ys = [], []
-    for name in files:
-        path = os.path.join(folder, name)
-        try:
-            with open(path, 'rb') as f:
-                entry = pickle.load(f, encoding='bytes')
-            entry = {k.encode() if isinstance(k, str) else k: v for k, v in entry.items()}
-            data, labels = entry[b'data'], entry[label_key]  # bytes keys (original) or str keys (rebuilt)
-        except FileNotFoundError:
-            raise UserError(f'incomplete dataset folder: {path} is missing') from None
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-            raise UserError(f'corrupt dataset file {path}: {type(e).__name__}: {e}') from None
-        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
-    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    entries = [load_cifar_file(os.path.join(folder, name), label_key) for name in files]
+    x = np.concatenate([e['data'] for e in entries]).reshape(-1, 3, 32, 32)
+    return torch.from_numpy(x), torch.from_numpy(np.concatenate([e[label_key] for e in entries]))
 
 
 def read_cifar(root, name):

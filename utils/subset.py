@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 
 from errors import UserError
-from utils.data import _CIFAR
+from utils.data import _CIFAR, load_cifar_file
 from utils.files import unwritable_dir
 
 ROW_KEYS = ('labels', 'fine_labels', 'coarse_labels', 'filenames')
@@ -48,21 +48,12 @@ def read_split(folder, files, label_key):
     entries = []
     for name in files:
         path = os.path.join(folder, name)
-        try:
-            with open(path, 'rb') as f:
-                entry = pickle.load(f, encoding='latin1')
-            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-            data = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3072)
-            np.asarray(entry[label_key.decode()], dtype=np.int64)
-            lengths = {key: len(entry[key]) for key in ROW_KEYS if key in entry}
-        except FileNotFoundError:
-            raise UserError(f'incomplete dataset folder: {path} is missing') from None
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
-            raise UserError(f'corrupt dataset file {path}: {type(e).__name__}: {e}') from None
-        for key, n in lengths.items():
-            if n != len(data):
-                raise UserError(f'corrupt dataset file {path}: {n} {key} for {len(data)} images')
-        entries.append({**entry, 'data': data})
+        entry = load_cifar_file(path, label_key)
+        for key in ROW_KEYS:
+            if key in entry and len(entry[key]) != len(entry['data']):
+                raise UserError(f'corrupt dataset file {path}: {len(entry[key])} {key} for '
+                                f'{len(entry["data"])} images')
+        entries.append(entry)
     split = {'data': np.concatenate([e['data'] for e in entries])}
     for key in ROW_KEYS:
         if all(key in e for e in entries):
@@ -138,18 +129,17 @@ def main(argv=None):
         raise UserError(f'incomplete dataset folder: {meta} is missing')
     train = read_split(source, train_files, label_key)
     test = read_split(source, test_files, label_key)
-    key = label_key.decode()
     for split, files in ((train, train_files), (test, test_files)):
-        bad = (split[key] < 0) | (split[key] >= num_classes)
+        bad = (split[label_key] < 0) | (split[label_key] >= num_classes)
         if bad.any():
-            raise UserError(f'corrupt dataset file in {source}: the label {split[key][bad][0]} in '
+            raise UserError(f'corrupt dataset file in {source}: the label {split[label_key][bad][0]} in '
                             f'{", ".join(files)} is not one of 0..{num_classes - 1}')
-    check_size('--train', args.train, train[key], num_classes, 'training', source)
-    check_size('--test', args.test, test[key], num_classes, 'test', source)
+    check_size('--train', args.train, train[label_key], num_classes, 'training', source)
+    check_size('--test', args.test, test[label_key], num_classes, 'test', source)
 
     rng = np.random.default_rng(args.seed)
-    train_idx = choose(train[key], args.train, num_classes, rng)
-    test_idx = choose(test[key], args.test, num_classes, rng)
+    train_idx = choose(train[label_key], args.train, num_classes, rng)
+    test_idx = choose(test[label_key], args.test, num_classes, rng)
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{folder_name}.', suffix='.tmp', dir=args.out)
     try:
